@@ -1,0 +1,98 @@
+//! The lease table: applying commands (what every replica does per log entry) and reading.
+
+// A benchmark that cannot set up should stop loudly.
+#![allow(clippy::expect_used)]
+
+use std::hint::black_box;
+
+use affinity_bench::resolve_command;
+use affinity_proto::{ClientKey, Masks};
+use affinity_server::sm::LeaseTable;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+
+const ENDPOINTS: [&str; 8] = [
+    "10.4.0.1:8080",
+    "10.4.0.2:8080",
+    "10.4.0.3:8080",
+    "10.4.0.4:8080",
+    "10.4.0.5:8080",
+    "10.4.0.6:8080",
+    "10.4.0.7:8080",
+    "10.4.0.8:8080",
+];
+
+fn filled(n: u32) -> LeaseTable {
+    let mut table = LeaseTable::new();
+    let mut events = Vec::new();
+    for i in 0..n {
+        let cmd = resolve_command(
+            "ns/route/0",
+            i,
+            1_000,
+            ENDPOINTS[i as usize % ENDPOINTS.len()],
+        );
+        table.apply(u64::from(i) + 1, &cmd, &mut events);
+        events.clear();
+    }
+    table
+}
+
+fn apply(c: &mut Criterion) {
+    let mut group = c.benchmark_group("apply");
+    group.throughput(Throughput::Elements(1));
+
+    // Creating a lease with a new key, in a table of 100k leases and growing.
+    let mut table = filled(100_000);
+    let mut events = Vec::new();
+    let mut next = 1_000_000u32;
+    group.bench_function("resolve_create_100k", |b| {
+        b.iter(|| {
+            next += 1;
+            let cmd = resolve_command("ns/route/0", next, 2_000, ENDPOINTS[0]);
+            black_box(table.apply(u64::from(next), &cmd, &mut events));
+            events.clear();
+        });
+    });
+    drop(table);
+
+    // Resolving a live lease (the common case once decisions exist).
+    let mut table = filled(100_000);
+    let hits: Vec<_> = (0..10_000)
+        .map(|i| resolve_command("ns/route/0", i * 7, 3_000, ENDPOINTS[1]))
+        .collect();
+    let mut events = Vec::new();
+    let mut i = 0usize;
+    group.bench_function("resolve_hit_100k", |b| {
+        b.iter(|| {
+            let cmd = &hits[i % hits.len()];
+            i += 1;
+            black_box(table.apply(600_000, cmd, &mut events));
+            events.clear();
+        });
+    });
+    group.finish();
+}
+
+fn reads(c: &mut Criterion) {
+    let table = filled(1_000_000);
+    let masks = Masks::default();
+    let keys: Vec<ClientKey> = (0..10_000u32)
+        .map(|i| {
+            ClientKey::new(
+                std::net::Ipv4Addr::from(0x0a00_0000 | (i * 97)).into(),
+                masks,
+            )
+        })
+        .collect();
+    let mut i = 0usize;
+    c.bench_function("lookup_1m", |b| {
+        b.iter(|| {
+            let key = keys[i % keys.len()];
+            i += 1;
+            black_box(table.get("ns/route/0", key, 1_500))
+        });
+    });
+}
+
+criterion_group!(benches, apply, reads);
+criterion_main!(benches);

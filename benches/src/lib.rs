@@ -1,0 +1,37 @@
+//! # affinity-bench
+//!
+//! Benchmarks of the affinity workspace. The criterion micro benchmarks live in `benches/`:
+//!
+//! - `keys`: client IP parsing, canonicalization and masking (the gateway's hot path);
+//! - `state_machine`: applying commands to the lease table, and reads from it;
+//!
+//! Run them with `cargo bench -p affinity-bench`; results and the machine they came from
+//! are recorded in `docs/benchmarks.md`.
+
+use std::sync::Arc;
+
+use affinity_proto::ClientKey;
+use affinity_server::sm::{Command, Op};
+
+/// A Resolve command for the `n`-th distinct IPv4 /32 key of `scope`.
+pub fn resolve_command(scope: &str, n: u32, stamp_ms: i64, endpoint: &str) -> Command {
+    let ip = std::net::Ipv4Addr::from(0x0a00_0000 | n);
+    Command {
+        stamp_ms,
+        op: Op::Resolve {
+            scope: scope.to_string(),
+            key: ClientKey::new(ip.into(), affinity_proto::Masks::default()),
+            endpoint: endpoint.to_string(),
+            eligible: Vec::new(),
+            absolute_timeout_ms: 3_600_000,
+            idle_timeout_ms: None,
+        },
+    }
+}
+
+/// A small pool of endpoint names, shared like a real backend set.
+pub fn endpoints(n: usize) -> Vec<Arc<str>> {
+    (0..n)
+        .map(|i| Arc::from(format!("10.4.{}.{}:8080", i / 250, i % 250)))
+        .collect()
+}

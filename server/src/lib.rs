@@ -1,0 +1,23 @@
+//! # affinity-server
+//!
+//! The store node: sticky client-IP decisions ("leases") replicated with Raft.
+//!
+//! ## Layout
+//!
+//! The layers, from the bottom up; each knows only the ones below it.
+//!
+//! - [`sm`]: the state machine. [`sm::LeaseTable`] holds every lease in memory and applies
+//!   [`sm::Command`]s deterministically, using only the time stamped on each command
+//!   (never the local clock), so every replica computes the same expiries. It knows only
+//!   domain types: no openraft, no sled, no gRPC. [`sm::snapshot`] is its versioned,
+//!   checksummed snapshot format.
+//! - [`clock`]: wall-clock time, read only to stamp proposals and to judge expiry on reads.
+//!
+//! ## Invariants
+//!
+//! - First writer wins: a live lease is never replaced by `Resolve` unless its endpoint is
+//!   not eligible; every replica applies the same log and gets the same answer.
+//! - Expiry is absolute: nothing moves `expires_at`; reads treat an ended lease as gone
+//!   even before a sweep removes it.
+pub mod clock;
+pub mod sm;

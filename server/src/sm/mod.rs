@@ -1,0 +1,570 @@
+//! The state machine: every lease, in memory, and the deterministic rules that change them.
+//!
+//! [`LeaseTable`] knows only domain types. It applies [`Command`]s in log order; each command
+//! carries the leader's clock, and the table's own clock is `max(previous, stamp)`, so every
+//! replica computes the same expiries from the same log, whatever its local clock says.
+//!
+//! Layout: leases by scope then key (ordered, for `List` and snapshots), an index by end
+//! time (for `Sweep`) and an index by endpoint (for `DrainEndpoint`). Scope and endpoint
+//! strings are shared between leases.
+//!
+//! Rules:
+//! - a lease is live while `now < min(expires_at, last_used + idle)`; a lease that has ended
+//!   is dead at once, even before a `Sweep` removes it;
+//! - `Resolve`: the first writer wins; a live lease is returned unchanged (its `expires_at`
+//!   never moves; with an idle timeout, `last_used` is refreshed); if `eligible` is given and
+//!   the live lease's endpoint is not in it, the lease is replaced;
+//! - every change emits an [`Event`] stamped with the command's log index.
+
+pub mod command;
+pub mod lease;
+pub mod snapshot;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::ops::Bound;
+use std::sync::Arc;
+
+use affinity_proto::ClientKey;
+
+pub use command::{Command, Event, EventKind, Op, Outcome};
+pub use lease::Lease;
+
+use lease::clamp_ms;
+
+/// One scope and its leases, as the lease map yields them.
+type ScopeEntry<'a> = (&'a Arc<str>, &'a BTreeMap<ClientKey, Record>);
+
+/// What the table keeps per lease (scope and key are the map keys).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    endpoint: Arc<str>,
+    created_at_ms: i64,
+    expires_at_ms: i64,
+    idle_timeout_ms: Option<u64>,
+    last_used_ms: i64,
+    revision: u64,
+}
+
+impl Record {
+    fn end_ms(&self) -> i64 {
+        match self.idle_timeout_ms {
+            Some(idle) => self
+                .expires_at_ms
+                .min(self.last_used_ms.saturating_add(clamp_ms(idle))),
+            None => self.expires_at_ms,
+        }
+    }
+
+    fn is_live(&self, now_ms: i64) -> bool {
+        now_ms < self.end_ms()
+    }
+
+    fn lease(&self, scope: &Arc<str>, key: ClientKey) -> Lease {
+        Lease {
+            scope: Arc::clone(scope),
+            key,
+            endpoint: Arc::clone(&self.endpoint),
+            created_at_ms: self.created_at_ms,
+            expires_at_ms: self.expires_at_ms,
+            idle_timeout_ms: self.idle_timeout_ms,
+            last_used_ms: self.last_used_ms,
+            revision: self.revision,
+        }
+    }
+}
+
+/// Every lease of one replica, and the rules that change them.
+#[derive(Debug, Default, Clone)]
+pub struct LeaseTable {
+    clock_ms: i64,
+    leases: BTreeMap<Arc<str>, BTreeMap<ClientKey, Record>>,
+    count: usize,
+    by_end: BTreeSet<(i64, Arc<str>, ClientKey)>,
+    by_endpoint: BTreeSet<(Arc<str>, Arc<str>, ClientKey)>,
+    endpoints: HashSet<Arc<str>>,
+}
+
+impl PartialEq for LeaseTable {
+    /// Same clock and same leases (indexes and string sharing are derived).
+    fn eq(&self, other: &Self) -> bool {
+        self.clock_ms == other.clock_ms && self.leases == other.leases
+    }
+}
+
+impl Eq for LeaseTable {}
+
+impl LeaseTable {
+    /// An empty table with its clock at 0.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The table's clock: the newest command stamp applied.
+    pub fn clock_ms(&self) -> i64 {
+        self.clock_ms
+    }
+
+    /// Leases held, live or not yet swept.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    /// No lease at all.
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Apply one command at log index `revision`. Changes are appended to `events`.
+    pub fn apply(&mut self, revision: u64, cmd: &Command, events: &mut Vec<Event>) -> Outcome {
+        self.clock_ms = self.clock_ms.max(cmd.stamp_ms);
+        let now = self.clock_ms;
+        match &cmd.op {
+            Op::Resolve {
+                scope,
+                key,
+                endpoint,
+                eligible,
+                absolute_timeout_ms,
+                idle_timeout_ms,
+            } => {
+                let terms = Terms {
+                    revision,
+                    now,
+                    absolute_timeout_ms: *absolute_timeout_ms,
+                    idle_timeout_ms: *idle_timeout_ms,
+                };
+                self.resolve(scope, *key, endpoint, eligible, terms, events)
+            }
+            Op::Reassign {
+                scope,
+                key,
+                expected_endpoint,
+                endpoint,
+                absolute_timeout_ms,
+                idle_timeout_ms,
+            } => {
+                let terms = Terms {
+                    revision,
+                    now,
+                    absolute_timeout_ms: *absolute_timeout_ms,
+                    idle_timeout_ms: *idle_timeout_ms,
+                };
+                self.reassign(scope, *key, expected_endpoint, endpoint, terms, events)
+            }
+            Op::Release { scope, key } => self.release(revision, now, scope, *key, events),
+            Op::DrainEndpoint { scope, endpoint } => {
+                self.drain(revision, now, scope.as_deref(), endpoint, events)
+            }
+            Op::Touch { keys } => {
+                let mut touched = 0;
+                for (scope, key) in keys {
+                    if self.touch(scope, *key, now) {
+                        touched += 1;
+                    }
+                }
+                Outcome::Touched(touched)
+            }
+            Op::Sweep { up_to_ms } => self.sweep(revision, (*up_to_ms).min(now), events),
+        }
+    }
+
+    /// The live lease of (scope, key) as seen at `now_ms` (or at the table's clock, if that
+    /// is later: a lease dead for the log is dead for every reader).
+    pub fn get(&self, scope: &str, key: ClientKey, now_ms: i64) -> Option<Lease> {
+        let now = now_ms.max(self.clock_ms);
+        let (scope_arc, keys) = self.leases.get_key_value(scope)?;
+        let record = keys.get(&key)?;
+        record.is_live(now).then(|| record.lease(scope_arc, key))
+    }
+
+    /// Live leases in key order (scope, then key), starting after `after` when given, in one
+    /// scope or all, at most `limit` of them. Also returns whether more may follow.
+    pub fn list(
+        &self,
+        scope: Option<&str>,
+        after: Option<(&str, ClientKey)>,
+        limit: usize,
+        now_ms: i64,
+    ) -> (Vec<Lease>, bool) {
+        let now = now_ms.max(self.clock_ms);
+        let mut out = Vec::new();
+        let scopes: Box<dyn Iterator<Item = ScopeEntry<'_>>> = match (scope, after) {
+            (Some(s), _) => Box::new(self.leases.get_key_value(s).into_iter()),
+            (None, Some((from, _))) => Box::new(
+                self.leases
+                    .range::<str, _>((Bound::Included(from), Bound::Unbounded)),
+            ),
+            (None, None) => Box::new(self.leases.iter()),
+        };
+        for (scope_arc, keys) in scopes {
+            let range: Box<dyn Iterator<Item = (&ClientKey, &Record)>> = match after {
+                Some((from_scope, from_key)) if **scope_arc == *from_scope => {
+                    Box::new(keys.range((Bound::Excluded(from_key), Bound::Unbounded)))
+                }
+                Some((from_scope, _)) if **scope_arc < *from_scope => continue,
+                _ => Box::new(keys.iter()),
+            };
+            for (key, record) in range {
+                if !record.is_live(now) {
+                    continue;
+                }
+                if out.len() == limit {
+                    return (out, true);
+                }
+                out.push(record.lease(scope_arc, *key));
+            }
+        }
+        (out, false)
+    }
+
+    /// Every lease held, live or not, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = Lease> + '_ {
+        self.leases.iter().flat_map(|(scope, keys)| {
+            keys.iter()
+                .map(move |(key, record)| record.lease(scope, *key))
+        })
+    }
+
+    /// Put back a lease read from a snapshot. Keys must be unique.
+    pub(crate) fn restore(&mut self, lease: &Lease) {
+        let scope = self.intern_scope(&lease.scope);
+        let endpoint = self.intern_endpoint(&lease.endpoint);
+        self.insert(
+            &scope,
+            lease.key,
+            Record {
+                endpoint,
+                created_at_ms: lease.created_at_ms,
+                expires_at_ms: lease.expires_at_ms,
+                idle_timeout_ms: lease.idle_timeout_ms,
+                last_used_ms: lease.last_used_ms,
+                revision: lease.revision,
+            },
+        );
+    }
+
+    /// Set the clock of a table read from a snapshot.
+    pub(crate) fn restore_clock(&mut self, clock_ms: i64) {
+        self.clock_ms = clock_ms;
+    }
+
+    fn resolve(
+        &mut self,
+        scope: &str,
+        key: ClientKey,
+        endpoint: &str,
+        eligible: &[String],
+        terms: Terms,
+        events: &mut Vec<Event>,
+    ) -> Outcome {
+        if let Some(mut lease) = self.present(scope, key) {
+            if lease.is_live(terms.now) {
+                let stays = eligible.is_empty() || eligible.iter().any(|e| **e == *lease.endpoint);
+                if stays {
+                    if self.touch(scope, key, terms.now) {
+                        lease.last_used_ms = terms.now;
+                    }
+                    return Outcome::Resolved {
+                        lease,
+                        created: false,
+                        replaced: false,
+                    };
+                }
+                self.remove(scope, key);
+                let lease = self.create(scope, key, endpoint, terms);
+                events.push(event(EventKind::Replaced, &lease, terms.revision));
+                return Outcome::Resolved {
+                    lease,
+                    created: false,
+                    replaced: true,
+                };
+            }
+            self.remove_ended(scope, key, terms.revision, events);
+        }
+        let lease = self.create(scope, key, endpoint, terms);
+        events.push(event(EventKind::Created, &lease, terms.revision));
+        Outcome::Resolved {
+            lease,
+            created: true,
+            replaced: false,
+        }
+    }
+
+    fn reassign(
+        &mut self,
+        scope: &str,
+        key: ClientKey,
+        expected: &str,
+        endpoint: &str,
+        terms: Terms,
+        events: &mut Vec<Event>,
+    ) -> Outcome {
+        let Some(current) = self.present(scope, key) else {
+            return Outcome::Reassigned {
+                lease: None,
+                swapped: false,
+            };
+        };
+        if !current.is_live(terms.now) {
+            self.remove_ended(scope, key, terms.revision, events);
+            return Outcome::Reassigned {
+                lease: None,
+                swapped: false,
+            };
+        }
+        if *current.endpoint != *expected {
+            return Outcome::Reassigned {
+                lease: Some(current),
+                swapped: false,
+            };
+        }
+        self.remove(scope, key);
+        let lease = self.create(scope, key, endpoint, terms);
+        events.push(event(EventKind::Replaced, &lease, terms.revision));
+        Outcome::Reassigned {
+            lease: Some(lease),
+            swapped: true,
+        }
+    }
+
+    fn release(
+        &mut self,
+        revision: u64,
+        now: i64,
+        scope: &str,
+        key: ClientKey,
+        events: &mut Vec<Event>,
+    ) -> Outcome {
+        let Some(record) = self.record(scope, key) else {
+            return Outcome::Released(false);
+        };
+        if !record.is_live(now) {
+            self.remove_ended(scope, key, revision, events);
+            return Outcome::Released(false);
+        }
+        if let Some(lease) = self.remove(scope, key) {
+            events.push(event(EventKind::Released, &lease, revision));
+        }
+        Outcome::Released(true)
+    }
+
+    fn drain(
+        &mut self,
+        revision: u64,
+        now: i64,
+        scope: Option<&str>,
+        endpoint: &str,
+        events: &mut Vec<Event>,
+    ) -> Outcome {
+        let Some(endpoint) = self.endpoints.get(endpoint).cloned() else {
+            return Outcome::Drained(0);
+        };
+        let start_scope: Arc<str> = Arc::from(scope.unwrap_or(""));
+        let victims: Vec<(Arc<str>, ClientKey)> = self
+            .by_endpoint
+            .range((
+                Bound::Included((Arc::clone(&endpoint), start_scope, ClientKey::MIN)),
+                Bound::Unbounded,
+            ))
+            .take_while(|(e, s, _)| *e == endpoint && scope.is_none_or(|want| **s == *want))
+            .map(|(_, s, k)| (Arc::clone(s), *k))
+            .collect();
+        let mut removed = 0;
+        for (scope, key) in victims {
+            if let Some(lease) = self.remove(&scope, key) {
+                if lease.is_live(now) {
+                    removed += 1;
+                    events.push(event(EventKind::Drained, &lease, revision));
+                } else {
+                    events.push(event(EventKind::Expired, &lease, revision));
+                }
+            }
+        }
+        self.forget_unused_strings();
+        Outcome::Drained(removed)
+    }
+
+    fn sweep(&mut self, revision: u64, up_to_ms: i64, events: &mut Vec<Event>) -> Outcome {
+        let ended: Vec<(Arc<str>, ClientKey)> = self
+            .by_end
+            .iter()
+            .take_while(|(end, _, _)| *end <= up_to_ms)
+            .map(|(_, s, k)| (Arc::clone(s), *k))
+            .collect();
+        let mut removed = 0;
+        for (scope, key) in ended {
+            if let Some(lease) = self.remove(&scope, key) {
+                removed += 1;
+                events.push(event(EventKind::Expired, &lease, revision));
+            }
+        }
+        self.forget_unused_strings();
+        Outcome::Swept(removed)
+    }
+
+    /// Record a use of a live lease with an idle timeout. Returns whether it was touched.
+    fn touch(&mut self, scope: &str, key: ClientKey, now: i64) -> bool {
+        let Some((scope_arc, keys)) = self.leases.get_key_value(scope) else {
+            return false;
+        };
+        let scope_arc = Arc::clone(scope_arc);
+        let Some(record) = keys.get(&key) else {
+            return false;
+        };
+        if !record.is_live(now) || record.idle_timeout_ms.is_none() || record.last_used_ms >= now {
+            return false;
+        }
+        let old_end = record.end_ms();
+        if let Some(record) = self
+            .leases
+            .get_mut(scope)
+            .and_then(|keys| keys.get_mut(&key))
+        {
+            record.last_used_ms = now;
+            let new_end = record.end_ms();
+            self.by_end.remove(&(old_end, Arc::clone(&scope_arc), key));
+            self.by_end.insert((new_end, scope_arc, key));
+        }
+        true
+    }
+
+    fn record(&self, scope: &str, key: ClientKey) -> Option<&Record> {
+        self.leases.get(scope)?.get(&key)
+    }
+
+    /// The lease held for (scope, key), live or not.
+    fn present(&self, scope: &str, key: ClientKey) -> Option<Lease> {
+        let (scope_arc, keys) = self.leases.get_key_value(scope)?;
+        keys.get(&key).map(|record| record.lease(scope_arc, key))
+    }
+
+    fn create(&mut self, scope: &str, key: ClientKey, endpoint: &str, terms: Terms) -> Lease {
+        let scope = self.intern_scope(scope);
+        let endpoint = self.intern_endpoint(endpoint);
+        let record = Record {
+            endpoint,
+            created_at_ms: terms.now,
+            expires_at_ms: terms
+                .now
+                .saturating_add(clamp_ms(terms.absolute_timeout_ms)),
+            idle_timeout_ms: terms.idle_timeout_ms,
+            last_used_ms: terms.now,
+            revision: terms.revision,
+        };
+        let lease = record.lease(&scope, key);
+        self.insert(&scope, key, record);
+        lease
+    }
+
+    fn insert(&mut self, scope: &Arc<str>, key: ClientKey, record: Record) {
+        self.by_end
+            .insert((record.end_ms(), Arc::clone(scope), key));
+        self.by_endpoint
+            .insert((Arc::clone(&record.endpoint), Arc::clone(scope), key));
+        let previous = self
+            .leases
+            .entry(Arc::clone(scope))
+            .or_default()
+            .insert(key, record);
+        debug_assert!(previous.is_none(), "insert over a present lease");
+        self.count += 1;
+    }
+
+    fn remove(&mut self, scope: &str, key: ClientKey) -> Option<Lease> {
+        let scope_arc = Arc::clone(self.leases.get_key_value(scope)?.0);
+        let keys = self.leases.get_mut(scope)?;
+        let record = keys.remove(&key)?;
+        if keys.is_empty() {
+            self.leases.remove(scope);
+        }
+        self.count -= 1;
+        self.by_end
+            .remove(&(record.end_ms(), Arc::clone(&scope_arc), key));
+        self.by_endpoint
+            .remove(&(Arc::clone(&record.endpoint), Arc::clone(&scope_arc), key));
+        Some(record.lease(&scope_arc, key))
+    }
+
+    /// Remove a lease that has ended (before re-creating its key), reporting EXPIRED.
+    fn remove_ended(
+        &mut self,
+        scope: &str,
+        key: ClientKey,
+        revision: u64,
+        events: &mut Vec<Event>,
+    ) {
+        if let Some(lease) = self.remove(scope, key) {
+            events.push(event(EventKind::Expired, &lease, revision));
+        }
+    }
+
+    fn intern_scope(&self, scope: &str) -> Arc<str> {
+        self.leases
+            .get_key_value(scope)
+            .map_or_else(|| Arc::from(scope), |(s, _)| Arc::clone(s))
+    }
+
+    fn intern_endpoint(&mut self, endpoint: &str) -> Arc<str> {
+        if let Some(e) = self.endpoints.get(endpoint) {
+            return Arc::clone(e);
+        }
+        let e: Arc<str> = Arc::from(endpoint);
+        self.endpoints.insert(Arc::clone(&e));
+        e
+    }
+
+    /// Drop shared endpoint strings no lease uses any more.
+    fn forget_unused_strings(&mut self) {
+        self.endpoints.retain(|e| Arc::strong_count(e) > 1);
+    }
+
+    /// Check that the indexes agree with the leases (tests and debugging).
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut count = 0;
+        let mut by_end = BTreeSet::new();
+        let mut by_endpoint = BTreeSet::new();
+        for (scope, keys) in &self.leases {
+            if keys.is_empty() {
+                return Err(format!("scope {scope} has an empty key map"));
+            }
+            for (key, record) in keys {
+                count += 1;
+                by_end.insert((record.end_ms(), Arc::clone(scope), *key));
+                by_endpoint.insert((Arc::clone(&record.endpoint), Arc::clone(scope), *key));
+                if record.expires_at_ms < record.created_at_ms {
+                    return Err(format!("{scope} {key}: expires before it was created"));
+                }
+            }
+        }
+        if count != self.count {
+            return Err(format!("count {} but {count} leases", self.count));
+        }
+        if by_end != self.by_end {
+            return Err("end-time index differs from the leases".into());
+        }
+        if by_endpoint != self.by_endpoint {
+            return Err("endpoint index differs from the leases".into());
+        }
+        Ok(())
+    }
+}
+
+/// Time and lifetime terms of a lease being created.
+#[derive(Debug, Clone, Copy)]
+struct Terms {
+    revision: u64,
+    now: i64,
+    absolute_timeout_ms: u64,
+    idle_timeout_ms: Option<u64>,
+}
+
+fn event(kind: EventKind, lease: &Lease, revision: u64) -> Event {
+    Event {
+        kind,
+        lease: lease.clone(),
+        revision,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,297 @@
+//! The snapshot format of a [`LeaseTable`]: versioned, streamed, checksummed.
+//!
+//! Format version 1 (see `proto/affinity/v1/storage.proto`):
+//!
+//! ```text
+//! "AFFSNAP\0"  u32-le version  | len+SnapshotHeader | len+StoredLease x lease_count | len+SnapshotTrailer
+//! ```
+//!
+//! Lengths are protobuf varints. The trailer holds the lease count and a CRC-32 of every byte
+//! before it. Reading checks the magic, the version, each record (field rules, strictly
+//! increasing keys), the count, the checksum and that nothing follows the trailer: a damaged
+//! or truncated snapshot is reported with what is wrong, never loaded.
+//!
+//! The header carries an opaque [`pb::SnapshotMeta`] that the storage layer fills in (the
+//! log position and membership the snapshot covers), so that a snapshot file describes
+//! itself, for example as a backup.
+
+use std::io::{self, BufReader, Read, Write};
+use std::sync::Arc;
+
+use affinity_proto::request::{check_endpoint, check_scope};
+use affinity_proto::{ClientKey, pb};
+use prost::Message;
+
+use super::LeaseTable;
+use super::lease::{Lease, prefix_from_pb};
+
+/// First bytes of every snapshot.
+pub const MAGIC: &[u8; 8] = b"AFFSNAP\0";
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest single record accepted when reading (a lease record is well under 1 KiB).
+const MAX_RECORD_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Why a snapshot could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// The underlying file or stream failed.
+    #[error("snapshot I/O failed: {0}")]
+    Io(#[from] io::Error),
+    /// The first bytes are not a snapshot's.
+    #[error("not an affinity snapshot (bad magic bytes)")]
+    BadMagic,
+    /// Written by a newer (or unknown) format.
+    #[error(
+        "snapshot format version {found} is not supported by this build (it reads version {FORMAT_VERSION})"
+    )]
+    UnsupportedVersion {
+        /// The version in the file.
+        found: u32,
+    },
+    /// The content is damaged.
+    #[error("snapshot is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Size and content of a written snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotStats {
+    /// Leases written.
+    pub lease_count: u64,
+    /// Bytes written, trailer included.
+    pub bytes: u64,
+    /// The checksum in the trailer.
+    pub crc32: u32,
+}
+
+/// Write `table` with `meta` in format version 1.
+pub fn write<W: Write>(
+    table: &LeaseTable,
+    meta: pb::SnapshotMeta,
+    out: W,
+) -> Result<SnapshotStats, SnapshotError> {
+    let mut out = Checksummed::new(out);
+    out.write_all(MAGIC)?;
+    out.write_all(&FORMAT_VERSION.to_le_bytes())?;
+    let lease_count = table.len() as u64;
+    let header = pb::SnapshotHeader {
+        meta: Some(meta),
+        clock_ms: table.clock_ms(),
+        lease_count,
+    };
+    let mut buf = Vec::with_capacity(256);
+    write_record(&mut out, &header, &mut buf)?;
+    for lease in table.iter() {
+        write_record(&mut out, &lease.to_stored(), &mut buf)?;
+    }
+    let crc32 = out.hasher.clone().finalize();
+    let trailer = pb::SnapshotTrailer { lease_count, crc32 };
+    write_record(&mut out, &trailer, &mut buf)?;
+    out.inner.flush()?;
+    Ok(SnapshotStats {
+        lease_count,
+        bytes: out.bytes,
+        crc32,
+    })
+}
+
+/// A snapshot read back.
+#[derive(Debug)]
+pub struct Decoded {
+    /// What the snapshot covers (as the storage layer wrote it).
+    pub meta: pb::SnapshotMeta,
+    /// The leases.
+    pub table: LeaseTable,
+    /// Its size, count and checksum.
+    pub stats: SnapshotStats,
+}
+
+/// Read a snapshot: its meta and the table it holds.
+pub fn read<R: Read>(input: R) -> Result<Decoded, SnapshotError> {
+    let mut input = Checksummed::new(BufReader::with_capacity(256 * 1024, input));
+    let mut magic = [0u8; 8];
+    read_exact_or_corrupt(&mut input, &mut magic, "magic")?;
+    if &magic != MAGIC {
+        return Err(SnapshotError::BadMagic);
+    }
+    let mut version = [0u8; 4];
+    read_exact_or_corrupt(&mut input, &mut version, "version")?;
+    let found = u32::from_le_bytes(version);
+    if found != FORMAT_VERSION {
+        return Err(SnapshotError::UnsupportedVersion { found });
+    }
+    let mut buf = Vec::new();
+    let header: pb::SnapshotHeader = read_record(&mut input, &mut buf, "header")?;
+    let meta = header
+        .meta
+        .ok_or_else(|| SnapshotError::Corrupt("header has no meta".into()))?;
+
+    let mut table = LeaseTable::new();
+    table.restore_clock(header.clock_ms);
+    let mut previous: Option<(Arc<str>, ClientKey)> = None;
+    for n in 0..header.lease_count {
+        let stored: pb::StoredLease = read_record(&mut input, &mut buf, "lease")?;
+        let lease = lease_from_stored(stored)
+            .map_err(|e| SnapshotError::Corrupt(format!("lease #{n}: {e}")))?;
+        if let Some((scope, key)) = &previous
+            && (&**scope, key) >= (&*lease.scope, &lease.key)
+        {
+            return Err(SnapshotError::Corrupt(format!(
+                "lease #{n} ({} {}) is not after the previous one: keys must increase",
+                lease.scope, lease.key
+            )));
+        }
+        previous = Some((Arc::clone(&lease.scope), lease.key));
+        table.restore(&lease);
+    }
+    let crc32 = input.hasher.clone().finalize();
+    let trailer: pb::SnapshotTrailer = read_record(&mut input, &mut buf, "trailer")?;
+    if trailer.lease_count != header.lease_count {
+        return Err(SnapshotError::Corrupt(format!(
+            "trailer counts {} leases, header {}",
+            trailer.lease_count, header.lease_count
+        )));
+    }
+    if trailer.crc32 != crc32 {
+        return Err(SnapshotError::Corrupt(format!(
+            "checksum mismatch: trailer says {:08x}, content is {crc32:08x}",
+            trailer.crc32
+        )));
+    }
+    let mut rest = [0u8; 1];
+    if input.read(&mut rest)? != 0 {
+        return Err(SnapshotError::Corrupt("bytes follow the trailer".into()));
+    }
+    let stats = SnapshotStats {
+        lease_count: header.lease_count,
+        bytes: input.bytes,
+        crc32,
+    };
+    Ok(Decoded { meta, table, stats })
+}
+
+fn lease_from_stored(s: pb::StoredLease) -> Result<Lease, String> {
+    check_scope("scope", &s.scope).map_err(|e| e.to_string())?;
+    check_endpoint("endpoint", &s.endpoint).map_err(|e| e.to_string())?;
+    let key = prefix_from_pb(s.prefix.as_ref()).map_err(|e| e.to_string())?;
+    if s.expires_at_ms < s.created_at_ms {
+        return Err(format!(
+            "expires_at_ms {} is before created_at_ms {}",
+            s.expires_at_ms, s.created_at_ms
+        ));
+    }
+    Ok(Lease {
+        scope: Arc::from(s.scope),
+        key,
+        endpoint: Arc::from(s.endpoint),
+        created_at_ms: s.created_at_ms,
+        expires_at_ms: s.expires_at_ms,
+        idle_timeout_ms: s.idle_timeout_ms,
+        last_used_ms: s.last_used_ms,
+        revision: s.revision,
+    })
+}
+
+fn write_record<W: Write, M: Message>(
+    out: &mut W,
+    msg: &M,
+    buf: &mut Vec<u8>,
+) -> Result<(), SnapshotError> {
+    buf.clear();
+    msg.encode_length_delimited(buf)
+        .map_err(|e| SnapshotError::Io(io::Error::other(e)))?;
+    out.write_all(buf)?;
+    Ok(())
+}
+
+fn read_record<R: Read, M: Message + Default>(
+    input: &mut R,
+    buf: &mut Vec<u8>,
+    what: &str,
+) -> Result<M, SnapshotError> {
+    let len = read_varint(input).map_err(|e| match e {
+        SnapshotError::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof => {
+            SnapshotError::Corrupt(format!("truncated before the {what} record"))
+        }
+        other => other,
+    })?;
+    if len > MAX_RECORD_BYTES {
+        return Err(SnapshotError::Corrupt(format!(
+            "{what} record claims {len} bytes (limit {MAX_RECORD_BYTES})"
+        )));
+    }
+    // `len` is bounded above, so it fits in usize.
+    buf.resize(usize::try_from(len).unwrap_or(0), 0);
+    read_exact_or_corrupt(input, buf, what)?;
+    M::decode(buf.as_slice())
+        .map_err(|e| SnapshotError::Corrupt(format!("{what} record does not decode: {e}")))
+}
+
+fn read_exact_or_corrupt<R: Read>(
+    input: &mut R,
+    buf: &mut [u8],
+    what: &str,
+) -> Result<(), SnapshotError> {
+    input.read_exact(buf).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            SnapshotError::Corrupt(format!("truncated inside the {what}"))
+        } else {
+            SnapshotError::Io(e)
+        }
+    })
+}
+
+fn read_varint<R: Read>(input: &mut R) -> Result<u64, SnapshotError> {
+    let mut value: u64 = 0;
+    for shift in (0..64).step_by(7) {
+        let mut byte = [0u8; 1];
+        input.read_exact(&mut byte)?;
+        value |= u64::from(byte[0] & 0x7f) << shift;
+        if byte[0] & 0x80 == 0 {
+            return Ok(value);
+        }
+    }
+    Err(SnapshotError::Corrupt(
+        "record length varint is too long".into(),
+    ))
+}
+
+/// A reader or writer that counts bytes and keeps a running CRC-32 of them.
+struct Checksummed<T> {
+    inner: T,
+    hasher: crc32fast::Hasher,
+    bytes: u64,
+}
+
+impl<T> Checksummed<T> {
+    fn new(inner: T) -> Self {
+        Self {
+            inner,
+            hasher: crc32fast::Hasher::new(),
+            bytes: 0,
+        }
+    }
+}
+
+impl<W: Write> Write for Checksummed<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.hasher.update(&data[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Checksummed<R> {
+    fn read(&mut self, data: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(data)?;
+        self.hasher.update(&data[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
