@@ -4,6 +4,8 @@
 //!
 //! - `keys`: client IP parsing, canonicalization and masking (the gateway's hot path);
 //! - `state_machine`: applying commands to the lease table, and reads from it;
+//! - `log_append`: what durability costs: a log append acknowledged after sled's flush
+//!   alone versus after a real `fdatasync`, one writer and many.
 //!
 //! Run them with `cargo bench -p affinity-bench`; results and the machine they came from
 //! are recorded in `docs/benchmarks.md`.

@@ -11,6 +11,13 @@
 //!   (never the local clock), so every replica computes the same expiries. It knows only
 //!   domain types: no openraft, no sled, no gRPC. [`sm::snapshot`] is its versioned,
 //!   checksummed snapshot format.
+//! - [`raft`]: the openraft type configuration ([`raft::TypeConfig`]) and the one place
+//!   that converts openraft's log entries, votes and memberships to and from their
+//!   protobuf records ([`raft::codec`]), shared by storage and peer traffic.
+//! - [`store`]: durable storage. The Raft log and vote in sled, made durable by a
+//!   group-commit thread that really fsyncs ([`store::durable`]); snapshots as files with
+//!   a pointer record in sled; the openraft state machine over the lease table
+//!   ([`store::StateMachineStore`]). A data-version record guards the on-disk format.
 //! - [`clock`]: wall-clock time, read only to stamp proposals and to judge expiry on reads.
 //!
 //! ## Invariants
@@ -19,5 +26,9 @@
 //!   not eligible; every replica applies the same log and gets the same answer.
 //! - Expiry is absolute: nothing moves `expires_at`; reads treat an ended lease as gone
 //!   even before a sweep removes it.
+//! - Nothing acknowledged is lost: a log append is acknowledged only after `fdatasync`.
+
 pub mod clock;
+pub mod raft;
 pub mod sm;
+pub mod store;

@@ -1,0 +1,288 @@
+//! openraft's state machine over the in-memory [`LeaseTable`], with snapshots on disk.
+//!
+//! The table lives in memory only. At start openraft installs the current snapshot and
+//! re-applies the log after it, so the table is rebuilt from what is durable. Readers
+//! (Lookup, List, Status) take a shared lock; apply takes it exclusively for one entry at a
+//! time. Every applied change is published to subscribers (the `Watch` streams).
+
+use std::io;
+use std::sync::Arc;
+
+use affinity_proto::ClientKey;
+use futures::{Stream, StreamExt};
+use openraft::EntryPayload;
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use parking_lot::RwLock;
+use tokio::sync::broadcast;
+
+use super::snapshots::{CurrentSnapshot, SnapshotData, SnapshotStore};
+use crate::raft::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
+use crate::sm::snapshot as format;
+use crate::sm::{Event, Lease, LeaseTable, Outcome};
+
+/// Subscribers may fall this many changes behind before they are told they lagged.
+const CHANGE_BUFFER: usize = 16 * 1024;
+
+/// A change published to subscribers.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// The events of one applied log entry (never empty).
+    Applied(Arc<[Event]>),
+    /// The whole state was replaced by a snapshot (a follower catching up); subscribers
+    /// cannot know what changed and must start over.
+    Replaced {
+        /// Log index the new state covers.
+        last_log_index: u64,
+    },
+}
+
+struct SmState {
+    table: LeaseTable,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+}
+
+struct Inner {
+    state: RwLock<SmState>,
+    snapshots: SnapshotStore,
+    /// One snapshot build or install at a time.
+    snapshot_lock: tokio::sync::Mutex<()>,
+    changes: broadcast::Sender<Change>,
+}
+
+/// The replicated state of one node. Clones share it.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    inner: Arc<Inner>,
+}
+
+impl StateMachineStore {
+    pub(crate) fn new(snapshots: SnapshotStore) -> Self {
+        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+        Self {
+            inner: Arc::new(Inner {
+                state: RwLock::new(SmState {
+                    table: LeaseTable::new(),
+                    last_applied: None,
+                    membership: StoredMembership::default(),
+                }),
+                snapshots,
+                snapshot_lock: tokio::sync::Mutex::new(()),
+                changes,
+            }),
+        }
+    }
+
+    /// The live lease of (scope, key) at `now_ms`, from this replica.
+    pub fn lookup(&self, scope: &str, key: ClientKey, now_ms: i64) -> Option<Lease> {
+        self.inner.state.read().table.get(scope, key, now_ms)
+    }
+
+    /// A page of live leases in key order (see [`LeaseTable::list`]).
+    pub fn list(
+        &self,
+        scope: Option<&str>,
+        after: Option<(&str, ClientKey)>,
+        limit: usize,
+        now_ms: i64,
+    ) -> (Vec<Lease>, bool) {
+        self.inner
+            .state
+            .read()
+            .table
+            .list(scope, after, limit, now_ms)
+    }
+
+    /// Leases held, live or not yet swept.
+    pub fn lease_count(&self) -> usize {
+        self.inner.state.read().table.len()
+    }
+
+    /// The state machine's clock (newest command stamp applied).
+    pub fn clock_ms(&self) -> i64 {
+        self.inner.state.read().table.clock_ms()
+    }
+
+    /// The last applied log position.
+    pub fn last_applied(&self) -> Option<LogId> {
+        self.inner.state.read().last_applied
+    }
+
+    /// A copy of the table (tests and tools; costs a full copy).
+    pub fn table_copy(&self) -> LeaseTable {
+        self.inner.state.read().table.clone()
+    }
+
+    /// Receive every change applied from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
+    }
+
+    /// Current subscribers.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner.changes.receiver_count()
+    }
+
+    /// The snapshot folder.
+    pub fn snapshots(&self) -> &SnapshotStore {
+        &self.inner.snapshots
+    }
+
+    /// The current snapshot, if any.
+    pub fn current_snapshot(&self) -> io::Result<Option<CurrentSnapshot>> {
+        self.inner.snapshots.current()
+    }
+}
+
+fn to_io(e: format::SnapshotError) -> io::Error {
+    match e {
+        format::SnapshotError::Io(io) => io,
+        other => io::Error::new(io::ErrorKind::InvalidData, other.to_string()),
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot<SnapshotData>, io::Error> {
+        let _one_at_a_time = self.inner.snapshot_lock.lock().await;
+        // Encode while holding the state still; the slow parts (sync, rename) come after.
+        let (meta, path, stats) = {
+            let state = self.inner.state.read();
+            let meta = SnapshotMeta {
+                last_log_id: state.last_applied,
+                last_membership: state.membership.clone(),
+            };
+            let (path, stats) = self.inner.snapshots.write_temp(&state.table, &meta)?;
+            (meta, path, stats)
+        };
+        let data = self.inner.snapshots.publish(&path, &meta, stats).await?;
+        tracing::info!(
+            last_log_id = ?meta.last_log_id,
+            leases = stats.lease_count,
+            bytes = stats.bytes,
+            "snapshot built"
+        );
+        Ok(Snapshot {
+            meta,
+            snapshot: data,
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let state = self.inner.state.read();
+        Ok((state.last_applied, state.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
+    {
+        let mut events = Vec::new();
+        while let Some(item) = entries.next().await {
+            let (entry, responder) = item?;
+            let outcome = {
+                let mut state = self.inner.state.write();
+                state.last_applied = Some(entry.log_id);
+                match entry.payload {
+                    EntryPayload::Blank => Outcome::Nothing,
+                    EntryPayload::Normal(cmd) => {
+                        state.table.apply(entry.log_id.index(), &cmd, &mut events)
+                    }
+                    EntryPayload::Membership(membership) => {
+                        state.membership = StoredMembership::new(Some(entry.log_id), membership);
+                        Outcome::Nothing
+                    }
+                }
+            };
+            if let Some(responder) = responder {
+                responder.send(outcome);
+            }
+            if !events.is_empty() {
+                // No subscriber is not an error.
+                let _ = self
+                    .inner
+                    .changes
+                    .send(Change::Applied(Arc::from(std::mem::take(&mut events))));
+            }
+        }
+        Ok(())
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), io::Error> {
+        let _one_at_a_time = self.inner.snapshot_lock.lock().await;
+        let reader = snapshot.reader()?;
+        let decoded = tokio::task::spawn_blocking(move || format::read(reader))
+            .await
+            .map_err(io::Error::other)?;
+        let format::Decoded {
+            meta: file_meta,
+            table,
+            stats,
+        } = decoded.map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "snapshot {} cannot be installed: {}",
+                    snapshot.path().display(),
+                    to_io(e)
+                ),
+            )
+        })?;
+        let file_last = file_meta
+            .last_log_id
+            .as_ref()
+            .map(crate::raft::codec::log_id_from_pb);
+        if file_last != meta.last_log_id {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "snapshot {} covers {:?}, but was offered as covering {:?}",
+                    snapshot.path().display(),
+                    file_last,
+                    meta.last_log_id
+                ),
+            ));
+        }
+        // Persist first (unless this is the current snapshot being reloaded at start), so
+        // that the state is never ahead of what a restart would find.
+        if !self.inner.snapshots.is_current(snapshot.path())? {
+            self.inner
+                .snapshots
+                .publish(snapshot.path(), meta, stats)
+                .await?;
+        }
+        let leases = table.len();
+        {
+            let mut state = self.inner.state.write();
+            state.table = table;
+            state.last_applied = meta.last_log_id;
+            state.membership = meta.last_membership.clone();
+        }
+        let _ = self.inner.changes.send(Change::Replaced {
+            last_log_index: meta.last_log_id.as_ref().map_or(0, LogId::index),
+        });
+        tracing::info!(last_log_id = ?meta.last_log_id, leases, "snapshot installed");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<SnapshotData>>, io::Error> {
+        Ok(self.inner.snapshots.current()?.map(|current| Snapshot {
+            meta: current.meta,
+            snapshot: current.data,
+        }))
+    }
+}
