@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install the system packages that building and testing affinity need, on Debian, when they
+# are missing. Safe to run again: it installs nothing when everything is present.
+set -euo pipefail
+
+say() { printf 'install-deps: %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else say "need root to run: $*"; return 1
+  fi
+}
+
+need=()
+command -v cc >/dev/null 2>&1 || need+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
+command -v git >/dev/null 2>&1 || need+=(git)
+
+if [ ${#need[@]} -gt 0 ]; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    say "missing ${need[*]} and no apt-get to install them with"; exit 1
+  fi
+  say "installing: ${need[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1 && ! [ -x "$HOME/.cargo/bin/cargo" ]; then
+  say "cargo is missing: install a stable Rust toolchain (https://rustup.rs), then rerun"
+  exit 1
+fi
