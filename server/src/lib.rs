@@ -29,6 +29,13 @@
 //! - Nothing acknowledged is lost: a log append is acknowledged only after `fdatasync`.
 
 pub mod clock;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod metrics;
+pub mod network;
+pub mod node;
 pub mod raft;
+pub mod server;
 pub mod sm;
 pub mod store;

@@ -22,11 +22,15 @@ pub struct CodecError {
 }
 
 impl CodecError {
-    fn new(what: &'static str, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(what: &'static str, reason: impl Into<String>) -> Self {
         Self {
             what,
             reason: reason.into(),
         }
+    }
+
+    pub(crate) fn missing(what: &'static str, field: &str) -> Self {
+        Self::new(what, format!("{field} is missing"))
     }
 }
 

@@ -4,6 +4,7 @@
 //! `u64` and start at 1; a node's record is its advertised address (`BasicNode`).
 
 pub mod codec;
+pub mod messages;
 
 use crate::sm::{Command, Outcome};
 
@@ -35,3 +36,5 @@ pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<Typ
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 /// A snapshot with its data handle.
 pub type Snapshot<SD> = openraft::type_config::alias::SnapshotOf<TypeConfig, SD>;
+/// A Raft node of the store.
+pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachineStore>;

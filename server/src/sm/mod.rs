@@ -114,6 +114,11 @@ impl LeaseTable {
         self.count == 0
     }
 
+    /// The earliest end of any lease held (what the next sweep could remove).
+    pub fn next_end_ms(&self) -> Option<i64> {
+        self.by_end.first().map(|(end, _, _)| *end)
+    }
+
     /// Apply one command at log index `revision`. Changes are appended to `events`.
     pub fn apply(&mut self, revision: u64, cmd: &Command, events: &mut Vec<Event>) -> Outcome {
         self.clock_ms = self.clock_ms.max(cmd.stamp_ms);

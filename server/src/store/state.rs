@@ -7,6 +7,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use affinity_proto::ClientKey;
 use futures::{Stream, StreamExt};
@@ -45,9 +46,31 @@ struct SmState {
 struct Inner {
     state: RwLock<SmState>,
     snapshots: SnapshotStore,
+    built: AtomicU64,
+    installed: AtomicU64,
     /// One snapshot build or install at a time.
     snapshot_lock: tokio::sync::Mutex<()>,
     changes: broadcast::Sender<Change>,
+}
+
+/// Snapshots built and installed since start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotCounts {
+    /// Built by this node.
+    pub built: u64,
+    /// Installed (from a leader, or at start).
+    pub installed: u64,
+}
+
+/// What the current snapshot covers and holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Last log position it covers.
+    pub last_log_id: Option<LogId>,
+    /// Leases in it.
+    pub lease_count: u64,
+    /// File size.
+    pub size_bytes: u64,
 }
 
 /// The replicated state of one node. Clones share it.
@@ -67,6 +90,8 @@ impl StateMachineStore {
                     membership: StoredMembership::default(),
                 }),
                 snapshots,
+                built: AtomicU64::new(0),
+                installed: AtomicU64::new(0),
                 snapshot_lock: tokio::sync::Mutex::new(()),
                 changes,
             }),
@@ -132,6 +157,28 @@ impl StateMachineStore {
     pub fn current_snapshot(&self) -> io::Result<Option<CurrentSnapshot>> {
         self.inner.snapshots.current()
     }
+
+    /// What the current snapshot covers, if there is one.
+    pub fn snapshot_info(&self) -> io::Result<Option<SnapshotInfo>> {
+        Ok(self.inner.snapshots.current()?.map(|c| SnapshotInfo {
+            last_log_id: c.meta.last_log_id,
+            lease_count: c.lease_count,
+            size_bytes: c.data.len(),
+        }))
+    }
+
+    /// Snapshots built and installed since start.
+    pub fn snapshot_counts(&self) -> SnapshotCounts {
+        SnapshotCounts {
+            built: self.inner.built.load(Ordering::Relaxed),
+            installed: self.inner.installed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// When the next lease ends (the earliest end of any lease held), if any.
+    pub fn next_end_ms(&self) -> Option<i64> {
+        self.inner.state.read().table.next_end_ms()
+    }
 }
 
 fn to_io(e: format::SnapshotError) -> io::Error {
@@ -157,6 +204,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             (meta, path, stats)
         };
         let data = self.inner.snapshots.publish(&path, &meta, stats).await?;
+        self.inner.built.fetch_add(1, Ordering::Relaxed);
         tracing::info!(
             last_log_id = ?meta.last_log_id,
             leases = stats.lease_count,
@@ -272,6 +320,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             state.last_applied = meta.last_log_id;
             state.membership = meta.last_membership.clone();
         }
+        self.inner.installed.fetch_add(1, Ordering::Relaxed);
         let _ = self.inner.changes.send(Change::Replaced {
             last_log_index: meta.last_log_id.as_ref().map_or(0, LogId::index),
         });

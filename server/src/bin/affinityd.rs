@@ -1,0 +1,449 @@
+//! `affinityd`: the affinity store node.
+//!
+//! Settings come from flags, then `AFFINITY_*` environment variables, then an optional TOML
+//! file (`--config`), then defaults; flags win. With no flags at all it runs a single-node
+//! cluster in `./affinity-data`. `affinityd dev --nodes 3` runs a local cluster in one
+//! process. Everything here is parsing; the node itself is `affinity_server::server::run`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use affinity_proto::GatewayDuration;
+use affinity_server::config::{Config, parse_peers};
+use affinity_server::server::{self, Listeners};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "affinityd",
+    version,
+    about = "The affinity store node: Raft-replicated client-IP session persistence leases",
+    after_help = "Every flag is also an environment variable AFFINITY_<FLAG> (e.g. AFFINITY_NODE_ID) and a key of the --config TOML file (e.g. node-id = 2). Flags win over the environment, which wins over the file."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a local cluster of several nodes in this one process, for trying affinity out.
+    Dev(DevArgs),
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3)]
+    nodes: u64,
+    /// Host the nodes listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// gRPC port of node 1; node N listens on base-port + N - 1.
+    #[arg(long, default_value_t = 7400)]
+    base_port: u16,
+    /// Metrics port of node 1; node N serves metrics on metrics-base-port + N - 1.
+    #[arg(long, default_value_t = 9400)]
+    metrics_base_port: u16,
+    /// Folder holding one data directory per node (node-1, node-2, ...).
+    #[arg(long, default_value = "./affinity-dev")]
+    data_dir: PathBuf,
+}
+
+#[derive(Args, Default)]
+struct NodeArgs {
+    /// TOML file with any of these settings (keys as the flag names, e.g. `node-id = 2`).
+    #[arg(long, global = true, env = "AFFINITY_CONFIG")]
+    config: Option<PathBuf>,
+    /// This node's id (1 or more). [default: 1]
+    #[arg(long, global = true, env = "AFFINITY_NODE_ID")]
+    node_id: Option<u64>,
+    /// Address to serve every gRPC service on. [default: 127.0.0.1:7400]
+    #[arg(long, global = true, env = "AFFINITY_LISTEN")]
+    listen: Option<String>,
+    /// Address other nodes and clients reach this node at. [default: the listen address]
+    #[arg(long, global = true, env = "AFFINITY_ADVERTISE")]
+    advertise: Option<String>,
+    /// Data directory. [default: ./affinity-data]
+    #[arg(long, global = true, env = "AFFINITY_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Static initial membership, ID=HOST:PORT,... (this node included). Without it the node
+    /// forms a single-node cluster of itself.
+    #[arg(long, global = true, env = "AFFINITY_PEERS")]
+    peers: Option<String>,
+    /// Address for /metrics, /healthz and /readyz, or "off". [default: 127.0.0.1:9400]
+    #[arg(long, global = true, env = "AFFINITY_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
+    /// Log format. [default: text]
+    #[arg(long, global = true, env = "AFFINITY_LOG_FORMAT", value_enum)]
+    log_format: Option<LogFormat>,
+    /// Log filter: a level (info, debug, ...) or directives like "info,openraft=debug".
+    /// [default: info,openraft=warn]
+    #[arg(long, global = true, env = "AFFINITY_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Raft heartbeat interval (a duration like 100ms). [default: 100ms]
+    #[arg(long, global = true, env = "AFFINITY_RAFT_HEARTBEAT")]
+    raft_heartbeat: Option<GatewayDuration>,
+    /// Raft election timeout, minimum (the maximum is twice this). [default: 800ms]
+    #[arg(long, global = true, env = "AFFINITY_RAFT_ELECTION_TIMEOUT")]
+    raft_election_timeout: Option<GatewayDuration>,
+    /// Build a snapshot after this many log entries. [default: 50000]
+    #[arg(long, global = true, env = "AFFINITY_RAFT_SNAPSHOT_THRESHOLD")]
+    raft_snapshot_threshold: Option<u64>,
+    /// Log entries kept behind a snapshot for followers that are a little behind. [default: 5000]
+    #[arg(long, global = true, env = "AFFINITY_RAFT_LOGS_KEPT")]
+    raft_logs_kept: Option<u64>,
+    /// How often the leader removes ended leases. [default: 1s]
+    #[arg(long, global = true, env = "AFFINITY_SWEEP_INTERVAL")]
+    sweep_interval: Option<GatewayDuration>,
+    /// How long a write waits for a quorum before UNAVAILABLE. [default: 5s]
+    #[arg(long, global = true, env = "AFFINITY_PROPOSAL_TIMEOUT")]
+    proposal_timeout: Option<GatewayDuration>,
+    /// How long a stopping node waits for requests in flight. [default: 10s]
+    #[arg(long, global = true, env = "AFFINITY_SHUTDOWN_GRACE")]
+    shutdown_grace: Option<GatewayDuration>,
+}
+
+#[derive(Clone, Copy, ValueEnum, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The same settings, from the TOML file.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct FileArgs {
+    node_id: Option<u64>,
+    listen: Option<String>,
+    advertise: Option<String>,
+    data_dir: Option<PathBuf>,
+    peers: Option<String>,
+    metrics_listen: Option<String>,
+    log_format: Option<LogFormat>,
+    log_level: Option<String>,
+    raft_heartbeat: Option<GatewayDuration>,
+    raft_election_timeout: Option<GatewayDuration>,
+    raft_snapshot_threshold: Option<u64>,
+    raft_logs_kept: Option<u64>,
+    sweep_interval: Option<GatewayDuration>,
+    proposal_timeout: Option<GatewayDuration>,
+    shutdown_grace: Option<GatewayDuration>,
+}
+
+/// Settings after layering, plus what only the binary uses.
+struct Settings {
+    config: Config,
+    listen: String,
+    metrics_listen: Option<String>,
+    log_format: LogFormat,
+    log_level: String,
+}
+
+fn read_file(path: &Path) -> Result<FileArgs, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read --config {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("--config {}: {e}", path.display()))
+}
+
+fn layer(args: NodeArgs) -> Result<Settings, String> {
+    let file = match &args.config {
+        Some(path) => read_file(path)?,
+        None => FileArgs::default(),
+    };
+    let defaults = Config::default();
+    let duration =
+        |flag: Option<GatewayDuration>, file: Option<GatewayDuration>, default: Duration| {
+            flag.or(file).map_or(default, GatewayDuration::as_std)
+        };
+    let peers = match args.peers.or(file.peers) {
+        Some(text) => parse_peers(&text).map_err(|e| e.to_string())?,
+        None => BTreeMap::new(),
+    };
+    let mut config = Config {
+        node_id: args.node_id.or(file.node_id).unwrap_or(defaults.node_id),
+        advertise: args.advertise.or(file.advertise),
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or(defaults.data_dir.clone()),
+        peers,
+        sweep_interval: duration(
+            args.sweep_interval,
+            file.sweep_interval,
+            defaults.sweep_interval,
+        ),
+        proposal_timeout: duration(
+            args.proposal_timeout,
+            file.proposal_timeout,
+            defaults.proposal_timeout,
+        ),
+        shutdown_grace: duration(
+            args.shutdown_grace,
+            file.shutdown_grace,
+            defaults.shutdown_grace,
+        ),
+        ..defaults
+    };
+    config.raft.heartbeat = duration(
+        args.raft_heartbeat,
+        file.raft_heartbeat,
+        config.raft.heartbeat,
+    );
+    config.raft.election_timeout = duration(
+        args.raft_election_timeout,
+        file.raft_election_timeout,
+        config.raft.election_timeout,
+    );
+    config.raft.snapshot_threshold = args
+        .raft_snapshot_threshold
+        .or(file.raft_snapshot_threshold)
+        .unwrap_or(config.raft.snapshot_threshold);
+    config.raft.logs_kept_after_snapshot = args
+        .raft_logs_kept
+        .or(file.raft_logs_kept)
+        .unwrap_or(config.raft.logs_kept_after_snapshot);
+    let metrics_listen = match args.metrics_listen.or(file.metrics_listen) {
+        Some(off) if off == "off" => None,
+        Some(addr) => Some(addr),
+        None => Some("127.0.0.1:9400".to_string()),
+    };
+    Ok(Settings {
+        config,
+        listen: args
+            .listen
+            .or(file.listen)
+            .unwrap_or_else(|| "127.0.0.1:7400".into()),
+        metrics_listen,
+        log_format: args
+            .log_format
+            .or(file.log_format)
+            .unwrap_or(LogFormat::Text),
+        log_level: args
+            .log_level
+            .or(file.log_level)
+            .unwrap_or_else(|| "info,openraft=warn".into()),
+    })
+}
+
+fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| format!("--log-level {level:?}: {e}"))?;
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    installed.map_err(|e| format!("logging: {e}"))
+}
+
+async fn bind(what: &str, addr: &str) -> Result<TcpListener, String> {
+    let parsed: SocketAddr = addr
+        .parse()
+        .map_err(|_| format!("--{what} {addr:?} is not an IP:PORT to listen on"))?;
+    TcpListener::bind(parsed)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} (--{what}): {e}"))
+}
+
+/// SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    if let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+    } else {
+        tracing::warn!("cannot install signal handlers; stopping only on Ctrl-C");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run_node(settings: Settings) -> Result<(), String> {
+    let grpc = bind("listen", &settings.listen).await?;
+    let metrics = match &settings.metrics_listen {
+        Some(addr) => Some(bind("metrics-listen", addr).await?),
+        None => None,
+    };
+    server::run(settings.config, Listeners { grpc, metrics }, stop_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn run_dev(dev: DevArgs, base: Settings) -> Result<(), String> {
+    if !(1..=9).contains(&dev.nodes) {
+        return Err(format!("--nodes must be 1..=9 (got {})", dev.nodes));
+    }
+    let port = |base: u16, i: u64| -> Result<u16, String> {
+        u16::try_from(u64::from(base) + i - 1).map_err(|_| "ports out of range".to_string())
+    };
+    let mut peers = BTreeMap::new();
+    for i in 1..=dev.nodes {
+        peers.insert(i, format!("{}:{}", dev.host, port(dev.base_port, i)?));
+    }
+    let stop = CancellationToken::new();
+    let mut nodes = tokio::task::JoinSet::new();
+    println!("affinity dev cluster: {} nodes", dev.nodes);
+    println!("{:<6} {:<22} {:<22} data dir", "node", "gRPC", "metrics");
+    for i in 1..=dev.nodes {
+        let listen = peers[&i].clone();
+        let metrics_listen = format!("{}:{}", dev.host, port(dev.metrics_base_port, i)?);
+        let data_dir = dev.data_dir.join(format!("node-{i}"));
+        println!(
+            "{i:<6} {listen:<22} {metrics_listen:<22} {}",
+            data_dir.display()
+        );
+        let mut config = base.config.clone();
+        config.node_id = i;
+        config.advertise = None;
+        config.data_dir = data_dir;
+        config.peers = peers.clone();
+        let grpc = bind("listen", &listen).await?;
+        let metrics = bind("metrics-listen", &metrics_listen).await?;
+        let stop = stop.clone();
+        nodes.spawn(async move {
+            server::run(
+                config,
+                Listeners {
+                    grpc,
+                    metrics: Some(metrics),
+                },
+                stop.cancelled_owned(),
+            )
+            .await
+            .map_err(|e| format!("node {i}: {e}"))
+        });
+    }
+    let endpoints: Vec<&str> = peers.values().map(String::as_str).collect();
+    println!(
+        "try: affinityctl --endpoints {} status",
+        endpoints.join(",")
+    );
+    stop_signal().await;
+    stop.cancel();
+    let mut failed = Vec::new();
+    while let Some(joined) = nodes.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => failed.push(e),
+            Err(e) => failed.push(e.to_string()),
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(failed.join("; "))
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match layer(cli.node) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("affinityd: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = init_logging(settings.log_format, &settings.log_level) {
+        eprintln!("affinityd: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("affinityd: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Some(Command::Dev(dev)) => run_dev(dev, settings).await,
+            None => run_node(settings).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("affinityd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> Result<Settings, String> {
+        let mut all = vec!["affinityd"];
+        all.extend_from_slice(args);
+        let cli = Cli::try_parse_from(all).map_err(|e| e.to_string())?;
+        layer(cli.node)
+    }
+
+    #[test]
+    fn defaults_are_a_single_node_in_a_local_folder() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.config.node_id, 1);
+        assert_eq!(s.listen, "127.0.0.1:7400");
+        assert_eq!(s.metrics_listen.as_deref(), Some("127.0.0.1:9400"));
+        assert_eq!(s.config.data_dir, PathBuf::from("./affinity-data"));
+        assert!(s.config.peers.is_empty());
+    }
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("affinityd.toml");
+        std::fs::write(
+            &file,
+            "node-id = 2\nlisten = \"0.0.0.0:7500\"\npeers = \"1=a:7400,2=b:7400\"\nraft-heartbeat = \"200ms\"\nmetrics-listen = \"off\"\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let s = settings(&["--config", path, "--node-id", "1"]).unwrap();
+        assert_eq!(s.config.node_id, 1, "the flag wins");
+        assert_eq!(s.listen, "0.0.0.0:7500", "the file wins over the default");
+        assert_eq!(s.config.peers.len(), 2);
+        assert_eq!(s.config.raft.heartbeat, Duration::from_millis(200));
+        assert_eq!(s.metrics_listen, None);
+    }
+
+    #[test]
+    fn bad_settings_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "node-idd = 2\n").unwrap();
+        let err = settings(&["--config", file.to_str().unwrap()])
+            .err()
+            .unwrap();
+        assert!(err.contains("node-idd"), "{err}");
+        let err = settings(&["--peers", "1=a"]).err().unwrap();
+        assert!(err.contains("peers"), "{err}");
+        let err = settings(&["--raft-heartbeat", "1.5s"]).err().unwrap();
+        assert!(err.contains("1.5s"), "{err}");
+    }
+}

@@ -1,0 +1,292 @@
+//! Node configuration: plain, documented settings with defaults. Parsing command lines,
+//! environment variables and files happens in the binaries, not here.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::raft::NodeId;
+use crate::store::StoreOptions;
+
+/// Everything a node needs to run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// This node's id, 1 or more.
+    pub node_id: NodeId,
+    /// Address other nodes and clients use to reach this node (HOST:PORT). Defaults to the
+    /// address the gRPC listener is bound to.
+    pub advertise: Option<String>,
+    /// Data directory: Raft log, vote and snapshots.
+    pub data_dir: PathBuf,
+    /// Static initial membership (id -> HOST:PORT). Empty: a single-node cluster of this node.
+    /// When the storage is empty, the node with the lowest id initializes the cluster with all
+    /// of them; the others wait to be contacted. A node that has state never re-initializes.
+    pub peers: BTreeMap<NodeId, String>,
+    /// Raft timing and log compaction.
+    pub raft: RaftTuning,
+    /// How often the leader proposes removing ended leases.
+    pub sweep_interval: Duration,
+    /// How long a write or linearizable read may wait for a quorum before it fails with
+    /// UNAVAILABLE (a caller's shorter deadline wins, with DEADLINE_EXCEEDED).
+    pub proposal_timeout: Duration,
+    /// How long a stopping node waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// Storage settings.
+    pub storage: StoreOptions,
+}
+
+/// Raft timing and compaction settings.
+#[derive(Debug, Clone)]
+pub struct RaftTuning {
+    /// Leader heartbeat interval.
+    pub heartbeat: Duration,
+    /// Election timeout (the minimum; the maximum is twice this).
+    pub election_timeout: Duration,
+    /// Build a snapshot after this many log entries since the last one.
+    pub snapshot_threshold: u64,
+    /// Log entries kept behind a snapshot, for followers that are only a little behind.
+    pub logs_kept_after_snapshot: u64,
+}
+
+impl Default for RaftTuning {
+    fn default() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(100),
+            election_timeout: Duration::from_millis(800),
+            snapshot_threshold: 50_000,
+            logs_kept_after_snapshot: 5_000,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node_id: 1,
+            advertise: None,
+            data_dir: PathBuf::from("./affinity-data"),
+            peers: BTreeMap::new(),
+            raft: RaftTuning::default(),
+            sweep_interval: Duration::from_secs(1),
+            proposal_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+            storage: StoreOptions::default(),
+        }
+    }
+}
+
+/// A setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {setting}: {reason}")]
+pub struct ConfigError {
+    /// The setting's name as the user wrote it (flag name).
+    pub setting: &'static str,
+    /// What is wrong and what is expected.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(setting: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            setting,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Parse `ID=HOST:PORT,ID=HOST:PORT,...`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (id, addr) = item
+            .split_once('=')
+            .ok_or_else(|| ConfigError::new("peers", format!("{item:?} is not ID=HOST:PORT")))?;
+        let id: NodeId = id.trim().parse().map_err(|_| {
+            ConfigError::new(
+                "peers",
+                format!("{id:?} in {item:?} is not a node id (1 or more)"),
+            )
+        })?;
+        check_host_port("peers", addr.trim())?;
+        if id == 0 {
+            return Err(ConfigError::new("peers", "node ids start at 1"));
+        }
+        if peers.insert(id, addr.trim().to_string()).is_some() {
+            return Err(ConfigError::new(
+                "peers",
+                format!("node {id} is listed twice"),
+            ));
+        }
+    }
+    Ok(peers)
+}
+
+/// Check `HOST:PORT` (host a name or an address, port 1..=65535).
+pub fn check_host_port(setting: &'static str, text: &str) -> Result<(), ConfigError> {
+    let bad = || ConfigError::new(setting, format!("{text:?} is not HOST:PORT"));
+    if text.parse::<SocketAddr>().is_ok() {
+        return Ok(());
+    }
+    let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_');
+    if port == 0 || !host_ok {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+impl Config {
+    /// Check the settings against each other, given the address the gRPC listener is bound
+    /// to, and return this node's advertised address.
+    pub fn resolve_advertise(&self, bound: SocketAddr) -> Result<String, ConfigError> {
+        if self.node_id == 0 {
+            return Err(ConfigError::new("node-id", "node ids start at 1"));
+        }
+        let advertise = match &self.advertise {
+            Some(a) => {
+                check_host_port("advertise", a)?;
+                a.clone()
+            }
+            None => match self.peers.get(&self.node_id) {
+                Some(own) => own.clone(),
+                None => bound.to_string(),
+            },
+        };
+        if !self.peers.is_empty() {
+            match self.peers.get(&self.node_id) {
+                None => {
+                    return Err(ConfigError::new(
+                        "peers",
+                        format!(
+                            "does not list this node ({}); list every initial member, this one included",
+                            self.node_id
+                        ),
+                    ));
+                }
+                Some(own) if *own != advertise => {
+                    return Err(ConfigError::new(
+                        "advertise",
+                        format!(
+                            "{advertise} differs from this node's entry in peers ({own}); they must match"
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+        if self.raft.heartbeat.is_zero() || self.raft.election_timeout <= self.raft.heartbeat * 2 {
+            return Err(ConfigError::new(
+                "raft-election-timeout",
+                format!(
+                    "{:?} must be more than twice the heartbeat ({:?})",
+                    self.raft.election_timeout, self.raft.heartbeat
+                ),
+            ));
+        }
+        if self.raft.snapshot_threshold == 0 {
+            return Err(ConfigError::new(
+                "raft-snapshot-threshold",
+                "must be at least 1",
+            ));
+        }
+        if self.sweep_interval.is_zero() {
+            return Err(ConfigError::new("sweep-interval", "must be more than 0"));
+        }
+        Ok(advertise)
+    }
+
+    /// openraft's configuration for these settings.
+    pub fn openraft(&self) -> Result<openraft::Config, ConfigError> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let election = ms(self.raft.election_timeout);
+        let config = openraft::Config {
+            cluster_name: "affinity".into(),
+            heartbeat_interval: ms(self.raft.heartbeat),
+            election_timeout_min: election,
+            election_timeout_max: election * 2,
+            snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(self.raft.snapshot_threshold),
+            max_in_snapshot_log_to_keep: self.raft.logs_kept_after_snapshot,
+            install_snapshot_timeout: ms(self.proposal_timeout).max(1_000),
+            enable_pre_vote: Some(true),
+            ..openraft::Config::default()
+        };
+        config
+            .validate()
+            .map_err(|e| ConfigError::new("raft", e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_parse_and_reject() {
+        let peers =
+            parse_peers("1=127.0.0.1:7401, 2=affinity-1.affinity-peers:7400,3=[::1]:7403").unwrap();
+        assert_eq!(peers.len(), 3);
+        assert_eq!(peers[&2], "affinity-1.affinity-peers:7400");
+        for bad in [
+            "1",
+            "x=a:1",
+            "0=a:1",
+            "1=a",
+            "1=a:0",
+            "1=a:1,1=b:2",
+            "1=:80",
+            "1=a b:80",
+        ] {
+            let err = parse_peers(bad).unwrap_err();
+            assert_eq!(err.setting, "peers", "{bad}");
+        }
+    }
+
+    #[test]
+    fn advertise_rules() {
+        let bound: SocketAddr = "127.0.0.1:7400".parse().unwrap();
+        let config = Config::default();
+        assert_eq!(config.resolve_advertise(bound).unwrap(), "127.0.0.1:7400");
+
+        let config = Config {
+            node_id: 2,
+            peers: parse_peers("1=10.0.0.1:7400,2=10.0.0.2:7400").unwrap(),
+            ..Config::default()
+        };
+        assert_eq!(config.resolve_advertise(bound).unwrap(), "10.0.0.2:7400");
+
+        let outsider = Config {
+            node_id: 3,
+            ..config.clone()
+        };
+        assert_eq!(
+            outsider.resolve_advertise(bound).unwrap_err().setting,
+            "peers"
+        );
+
+        let mismatch = Config {
+            advertise: Some("10.9.9.9:7400".into()),
+            ..config
+        };
+        assert_eq!(
+            mismatch.resolve_advertise(bound).unwrap_err().setting,
+            "advertise"
+        );
+    }
+
+    #[test]
+    fn timing_rules() {
+        let bound: SocketAddr = "127.0.0.1:7400".parse().unwrap();
+        let mut config = Config::default();
+        config.raft.election_timeout = Duration::from_millis(150);
+        assert_eq!(
+            config.resolve_advertise(bound).unwrap_err().setting,
+            "raft-election-timeout"
+        );
+        assert!(Config::default().openraft().is_ok());
+    }
+}

@@ -1,0 +1,301 @@
+//! `affinity.v1.Affinity`: the leases, for gateways.
+//!
+//! Every request is checked first (bad input is refused here, never forwarded and never
+//! proposed). Writes are proposed on the leader; `Lookup` and `List` read after a read-index
+//! barrier on the leader unless `allow_stale`; `Watch` streams this node's applied changes.
+
+use std::sync::Arc;
+
+use affinity_proto::pb::affinity_client::AffinityClient;
+use affinity_proto::pb::affinity_server::Affinity;
+use affinity_proto::{ClientKey, ValidationError, pb, request};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use prost::Message;
+use tonic::{Request, Response, Status};
+
+use super::call::serve;
+use super::status::invalid;
+use super::{CLIENT_MAX_MESSAGE_BYTES, Ctx, watch};
+use crate::clock;
+use crate::error::ServiceError;
+use crate::sm::lease::{prefix_from_pb, prefix_to_pb};
+use crate::sm::{Op, Outcome};
+
+/// The client-facing service.
+pub struct AffinityService {
+    ctx: Arc<Ctx>,
+}
+
+impl AffinityService {
+    /// The service over `ctx`.
+    pub fn new(ctx: Arc<Ctx>) -> Self {
+        Self { ctx }
+    }
+}
+
+fn client(channel: tonic::transport::Channel) -> AffinityClient<tonic::transport::Channel> {
+    AffinityClient::new(channel)
+        .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
+}
+
+fn unexpected(outcome: &Outcome) -> ServiceError {
+    ServiceError::Internal(format!(
+        "the state machine answered {outcome:?} to the wrong command"
+    ))
+}
+
+/// A List continuation token: the last (scope, key) returned, opaque to callers.
+fn encode_token(scope: &str, key: &ClientKey) -> String {
+    let key = pb::LeaseKey {
+        scope: scope.to_string(),
+        prefix: Some(prefix_to_pb(key)),
+    };
+    URL_SAFE_NO_PAD.encode(key.encode_to_vec())
+}
+
+fn decode_token(token: &str) -> Result<(String, ClientKey), ValidationError> {
+    let bad = || {
+        ValidationError::new(
+            "page_token",
+            "is not a token this service issued; pass next_page_token unchanged",
+        )
+    };
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let key = pb::LeaseKey::decode(bytes.as_slice()).map_err(|_| bad())?;
+    request::check_scope("page_token", &key.scope).map_err(|_| bad())?;
+    let prefix = prefix_from_pb(key.prefix.as_ref()).map_err(|_| bad())?;
+    Ok((key.scope, prefix))
+}
+
+#[tonic::async_trait]
+impl Affinity for AffinityService {
+    async fn resolve(
+        &self,
+        request: Request<pb::ResolveRequest>,
+    ) -> Result<Response<pb::ResolveResponse>, Status> {
+        serve("Resolve", &self.ctx.metrics, request, async |call, wire| {
+            let checked = request::Resolve::try_from(wire.clone()).map_err(invalid)?;
+            call.record_key(&checked.scope, &checked.key);
+            let answer = |outcome| match outcome {
+                Outcome::Resolved {
+                    lease,
+                    created,
+                    replaced,
+                } => Ok(pb::ResolveResponse {
+                    lease: Some(lease.to_pb()),
+                    created,
+                    replaced,
+                }),
+                other => Err(unexpected(&other)),
+            };
+            self.ctx
+                .propose_or_forward(
+                    call,
+                    Op::resolve(checked),
+                    wire,
+                    answer,
+                    |channel, req| async move { client(channel).resolve(req).await },
+                )
+                .await
+        })
+        .await
+    }
+
+    async fn lookup(
+        &self,
+        request: Request<pb::LookupRequest>,
+    ) -> Result<Response<pb::LookupResponse>, Status> {
+        serve("Lookup", &self.ctx.metrics, request, async |call, wire| {
+            let checked = request::Lookup::try_from(wire.clone()).map_err(invalid)?;
+            call.record_key(&checked.scope, &checked.key);
+            let read = || {
+                let state = self.ctx.node.state();
+                let lease = state.lookup(&checked.scope, checked.key, clock::now_ms());
+                Ok(pb::LookupResponse {
+                    lease: lease.as_ref().map(crate::sm::Lease::to_pb),
+                })
+            };
+            if checked.allow_stale {
+                return read().map_err(|e: ServiceError| Status::from(e));
+            }
+            self.ctx
+                .read_or_forward(call, wire, read, |channel, req| async move {
+                    client(channel).lookup(req).await
+                })
+                .await
+        })
+        .await
+    }
+
+    async fn reassign(
+        &self,
+        request: Request<pb::ReassignRequest>,
+    ) -> Result<Response<pb::ReassignResponse>, Status> {
+        serve(
+            "Reassign",
+            &self.ctx.metrics,
+            request,
+            async |call, wire| {
+                let checked = request::Reassign::try_from(wire.clone()).map_err(invalid)?;
+                call.record_key(&checked.scope, &checked.key);
+                let answer = |outcome| match outcome {
+                    Outcome::Reassigned { lease, swapped } => Ok(pb::ReassignResponse {
+                        lease: lease.as_ref().map(crate::sm::Lease::to_pb),
+                        swapped,
+                    }),
+                    other => Err(unexpected(&other)),
+                };
+                self.ctx
+                    .propose_or_forward(
+                        call,
+                        Op::reassign(checked),
+                        wire,
+                        answer,
+                        |channel, req| async move { client(channel).reassign(req).await },
+                    )
+                    .await
+            },
+        )
+        .await
+    }
+
+    async fn release(
+        &self,
+        request: Request<pb::ReleaseRequest>,
+    ) -> Result<Response<pb::ReleaseResponse>, Status> {
+        serve("Release", &self.ctx.metrics, request, async |call, wire| {
+            let checked = request::Release::try_from(wire.clone()).map_err(invalid)?;
+            call.record_key(&checked.scope, &checked.key);
+            let op = Op::Release {
+                scope: checked.scope,
+                key: checked.key,
+            };
+            let answer = |outcome| match outcome {
+                Outcome::Released(released) => Ok(pb::ReleaseResponse { released }),
+                other => Err(unexpected(&other)),
+            };
+            self.ctx
+                .propose_or_forward(call, op, wire, answer, |channel, req| async move {
+                    client(channel).release(req).await
+                })
+                .await
+        })
+        .await
+    }
+
+    async fn drain_endpoint(
+        &self,
+        request: Request<pb::DrainEndpointRequest>,
+    ) -> Result<Response<pb::DrainEndpointResponse>, Status> {
+        serve(
+            "DrainEndpoint",
+            &self.ctx.metrics,
+            request,
+            async |call, wire| {
+                let checked = request::DrainEndpoint::try_from(wire.clone()).map_err(invalid)?;
+                call.span()
+                    .record("scope", checked.scope.as_deref().unwrap_or("*"));
+                let op = Op::DrainEndpoint {
+                    scope: checked.scope,
+                    endpoint: checked.endpoint,
+                };
+                let answer = |outcome| match outcome {
+                    Outcome::Drained(removed) => Ok(pb::DrainEndpointResponse { removed }),
+                    other => Err(unexpected(&other)),
+                };
+                self.ctx
+                    .propose_or_forward(call, op, wire, answer, |channel, req| async move {
+                        client(channel).drain_endpoint(req).await
+                    })
+                    .await
+            },
+        )
+        .await
+    }
+
+    async fn list(
+        &self,
+        request: Request<pb::ListRequest>,
+    ) -> Result<Response<pb::ListResponse>, Status> {
+        serve("List", &self.ctx.metrics, request, async |call, wire| {
+            let checked = request::List::try_from(wire.clone()).map_err(invalid)?;
+            let after = if checked.page_token.is_empty() {
+                None
+            } else {
+                let (scope, key) = decode_token(&checked.page_token).map_err(invalid)?;
+                if checked.scope.as_deref().is_some_and(|s| s != scope) {
+                    return Err(invalid(ValidationError::new(
+                        "page_token",
+                        "belongs to a listing of another scope",
+                    )));
+                }
+                Some((scope, key))
+            };
+            let read = || {
+                let (leases, more) = self.ctx.node.state().list(
+                    checked.scope.as_deref(),
+                    after.as_ref().map(|(s, k)| (s.as_str(), *k)),
+                    checked.page_size as usize,
+                    clock::now_ms(),
+                );
+                let next_page_token = match (more, leases.last()) {
+                    (true, Some(last)) => encode_token(&last.scope, &last.key),
+                    _ => String::new(),
+                };
+                Ok(pb::ListResponse {
+                    leases: leases.iter().map(crate::sm::Lease::to_pb).collect(),
+                    next_page_token,
+                })
+            };
+            self.ctx
+                .read_or_forward(call, wire, read, |channel, req| async move {
+                    client(channel).list(req).await
+                })
+                .await
+        })
+        .await
+    }
+
+    type WatchStream = watch::WatchStream;
+
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        serve("Watch", &self.ctx.metrics, request, async |call, wire| {
+            let checked = request::Watch::try_from(wire).map_err(invalid)?;
+            call.span()
+                .record("scope", checked.scope.as_deref().unwrap_or("*"));
+            Ok(watch::stream(
+                self.ctx.node.state().subscribe(),
+                checked.scope,
+                self.ctx.shutdown.clone(),
+            ))
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_garbage() {
+        let key: ClientKey = "10.1.2.0/24".parse().unwrap();
+        let token = encode_token("ns/route/0", &key);
+        assert_eq!(
+            decode_token(&token).unwrap(),
+            ("ns/route/0".to_string(), key)
+        );
+        for bad in ["", "!!!", "AAAA", &URL_SAFE_NO_PAD.encode(b"\xff\xff\xff")] {
+            assert_eq!(
+                decode_token(bad).unwrap_err().field,
+                "page_token",
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! The gRPC services of a node, on top of [`crate::node`]:
+//!
+//! - `affinity.v1.Affinity` ([`affinity`]): leases, for gateways;
+//! - `affinity.v1.Cluster` ([`cluster`]): status and membership, for operators;
+//! - `affinity.v1.Raft` ([`peer`]): Raft traffic from the other nodes;
+//! - `grpc.health.v1.Health` and server reflection (assembled in [`crate::server`]).
+//!
+//! Any node accepts any request. Writes and linearizable reads that need the leader are sent
+//! on to it once (one hop, within the caller's deadline, marked with
+//! `affinity-forwarded-by`); a forwarded request that reaches a node that is no longer the
+//! leader is answered UNAVAILABLE with the leader hint instead of hopping again. Errors are
+//! mapped to statuses in one place ([`status`]).
+
+pub mod affinity;
+pub mod call;
+pub mod cluster;
+pub mod peer;
+pub mod status;
+mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+use self::call::Call;
+use self::status::FORWARDED_METADATA;
+use crate::error::ServiceError;
+use crate::metrics::{Metrics, Rpc};
+use crate::network::Peers;
+use crate::node::{Budget, Node};
+use crate::sm::{Op, Outcome};
+
+/// Largest request a client or operator may send.
+pub const CLIENT_MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+
+/// What every service needs.
+pub struct Ctx {
+    /// The node.
+    pub node: Arc<Node>,
+    /// Channels to other nodes (forwarding).
+    pub peers: Peers,
+    /// Service metrics.
+    pub metrics: Arc<Metrics>,
+    /// Cancelled when the node starts stopping (ends Watch streams).
+    pub shutdown: CancellationToken,
+}
+
+impl Ctx {
+    /// Propose `op` here if this node leads; otherwise send `wire` to the leader.
+    pub async fn propose_or_forward<Req, Resp, Fwd, Fut>(
+        &self,
+        call: &Call,
+        op: Op,
+        wire: Req,
+        answer: impl FnOnce(Outcome) -> Result<Resp, ServiceError>,
+        forward: Fwd,
+    ) -> Result<Resp, Status>
+    where
+        Fwd: FnOnce(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let budget = call.budget(self.node.proposal_timeout());
+        let work = async { answer(self.node.propose(op, budget).await?) };
+        self.here_or_leader(call, budget, wire, work, forward).await
+    }
+
+    /// Read linearizably here if this node leads; otherwise send `wire` to the leader.
+    pub async fn read_or_forward<Req, Resp, Fwd, Fut>(
+        &self,
+        call: &Call,
+        wire: Req,
+        read: impl FnOnce() -> Result<Resp, ServiceError>,
+        forward: Fwd,
+    ) -> Result<Resp, Status>
+    where
+        Fwd: FnOnce(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let budget = call.budget(self.node.proposal_timeout());
+        let work = async {
+            self.node.linearize(budget).await?;
+            read()
+        };
+        self.here_or_leader(call, budget, wire, work, forward).await
+    }
+
+    /// Do `work` here; if it needs the leader and this node is not it, send `wire` there
+    /// instead (unless this call was itself forwarded).
+    pub async fn here_or_leader<Req, Resp, Fwd, Fut>(
+        &self,
+        call: &Call,
+        budget: Budget,
+        wire: Req,
+        work: impl Future<Output = Result<Resp, ServiceError>>,
+        forward: Fwd,
+    ) -> Result<Resp, Status>
+    where
+        Fwd: FnOnce(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        match work.await {
+            Ok(resp) => Ok(resp),
+            Err(ServiceError::NotLeader {
+                leader_address: Some(address),
+                leader_id,
+            }) if !call.forwarded() => {
+                self.forward(call, budget, leader_id, &address, wire, forward)
+                    .await
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Send a request to the leader, once, with what is left of the budget.
+    async fn forward<Req, Resp, Fwd, Fut>(
+        &self,
+        call: &Call,
+        budget: Budget,
+        leader_id: Option<crate::raft::NodeId>,
+        address: &str,
+        wire: Req,
+        forward: Fwd,
+    ) -> Result<Resp, Status>
+    where
+        Fwd: FnOnce(Channel, tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
+    {
+        let unreachable = |detail: &str| -> Status {
+            ServiceError::NotLeader {
+                leader_id,
+                leader_address: Some(address.to_string()),
+            }
+            .into_unreachable(detail)
+        };
+        let channel = self
+            .peers
+            .channel(address)
+            .map_err(|e| unreachable(&e.to_string()))?;
+        let mut request = tonic::Request::new(wire);
+        request.set_timeout(call.remaining(budget));
+        request
+            .metadata_mut()
+            .insert(FORWARDED_METADATA, MetadataValue::from(self.node.id()));
+        self.metrics
+            .forwarded
+            .get_or_create(&Rpc { rpc: call.rpc() })
+            .inc();
+        match tokio::time::timeout_at(budget.until, forward(channel, request)).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            // The leader's own answer (including its errors) goes back as it is.
+            Ok(Err(status))
+                if status.code() != tonic::Code::Unavailable
+                    || status.metadata().get(status::LEADER_METADATA).is_some() =>
+            {
+                Err(status)
+            }
+            Ok(Err(status)) => Err(unreachable(status.message())),
+            Err(_) if budget.caller_limited => Err(ServiceError::DeadlineExceeded(format!(
+                "the caller's deadline passed while waiting for the leader at {address}"
+            ))
+            .into()),
+            Err(_) => Err(unreachable("no answer in time")),
+        }
+    }
+}
+
+impl ServiceError {
+    /// A NotLeader error whose leader could not be reached, with the reason.
+    fn into_unreachable(self, detail: &str) -> Status {
+        let mut status = Status::from(self);
+        let message = format!("{}; forwarding there failed: {detail}", status.message());
+        let metadata = std::mem::take(status.metadata_mut());
+        Status::with_metadata(tonic::Code::Unavailable, message, metadata)
+    }
+}

@@ -1,0 +1,90 @@
+//! The `Watch` stream: this node's applied changes, filtered by scope, in log order.
+//!
+//! A subscriber that falls too far behind (the change buffer overflows) is ended with
+//! ABORTED; so is every subscriber when the node replaces its whole state with a snapshot,
+//! because the individual changes are then unknown. Either way the caller re-reads (List)
+//! and watches again. A stopping node ends its streams with UNAVAILABLE.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+
+use affinity_proto::pb;
+use futures::Stream;
+use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::CancellationToken;
+use tonic::Status;
+
+use crate::store::Change;
+
+/// What `Watch` returns.
+pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+struct State {
+    changes: broadcast::Receiver<Change>,
+    scope: Option<String>,
+    pending: VecDeque<pb::WatchEvent>,
+    shutdown: CancellationToken,
+    ended: bool,
+}
+
+/// The stream of changes after now, in `scope` or all scopes.
+pub fn stream(
+    changes: broadcast::Receiver<Change>,
+    scope: Option<String>,
+    shutdown: CancellationToken,
+) -> WatchStream {
+    let state = State {
+        changes,
+        scope,
+        pending: VecDeque::new(),
+        shutdown,
+        ended: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut st| async move {
+        if st.ended {
+            return None;
+        }
+        loop {
+            if let Some(event) = st.pending.pop_front() {
+                return Some((Ok(event), st));
+            }
+            let change = tokio::select! {
+                biased;
+                () = st.shutdown.cancelled() => {
+                    st.ended = true;
+                    return Some((Err(Status::unavailable("this node is shutting down; watch another node")), st));
+                }
+                change = st.changes.recv() => change,
+            };
+            match change {
+                Ok(Change::Applied(events)) => {
+                    let wanted = events
+                        .iter()
+                        .filter(|e| st.scope.as_deref().is_none_or(|s| *e.lease.scope == *s));
+                    st.pending.extend(wanted.map(crate::sm::Event::to_pb));
+                }
+                Ok(Change::Replaced { last_log_index }) => {
+                    st.ended = true;
+                    let message = format!(
+                        "this node replaced its state with a snapshot up to log index {last_log_index}; re-read with List and watch again"
+                    );
+                    return Some((Err(Status::aborted(message)), st));
+                }
+                Err(RecvError::Lagged(missed)) => {
+                    st.ended = true;
+                    let message = format!(
+                        "this watch fell {missed} changes behind and was ended; re-read with List and watch again"
+                    );
+                    return Some((Err(Status::aborted(message)), st));
+                }
+                Err(RecvError::Closed) => {
+                    st.ended = true;
+                    return Some((
+                        Err(Status::unavailable("this node's state machine has stopped")),
+                        st,
+                    ));
+                }
+            }
+        }
+    }))
+}

@@ -1,0 +1,82 @@
+//! Raft over gRPC, the client side: how this node reaches its peers.
+//!
+//! [`Peers`] keeps one lazily connected HTTP/2 channel per peer address, shared by Raft
+//! replication and by request forwarding, so connections are reused. [`PeerNetwork`] is
+//! openraft's network factory; each [`PeerConnection`] turns openraft's RPCs into calls on
+//! the `affinity.v1.Raft` service (see [`crate::grpc`] for the serving side). Transport
+//! failures are reported as "unreachable", which makes openraft back off from that peer.
+
+mod connection;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tonic::transport::{Channel, Endpoint};
+
+pub use connection::PeerConnection;
+
+use crate::raft::{Node, NodeId, TypeConfig};
+
+/// Largest message a peer may send or receive (log batches, snapshot chunks).
+pub const PEER_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Channels to peers, by address. Cheap to clone.
+#[derive(Clone)]
+pub struct Peers {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    connect_timeout: Duration,
+}
+
+impl Peers {
+    /// A pool whose connections give up after `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self {
+            channels: Arc::new(Mutex::new(HashMap::new())),
+            connect_timeout,
+        }
+    }
+
+    /// The channel to `address` (HOST:PORT), created on first use; it connects lazily and
+    /// reconnects by itself after failures.
+    pub fn channel(&self, address: &str) -> Result<Channel, tonic::transport::Error> {
+        if let Some(channel) = self.channels.lock().get(address) {
+            return Ok(channel.clone());
+        }
+        let channel = Endpoint::from_shared(format!("http://{address}"))?
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+            .connect_lazy();
+        self.channels
+            .lock()
+            .entry(address.to_string())
+            .or_insert(channel.clone());
+        Ok(channel)
+    }
+}
+
+/// openraft's network factory over [`Peers`].
+#[derive(Clone)]
+pub struct PeerNetwork {
+    id: NodeId,
+    peers: Peers,
+}
+
+impl PeerNetwork {
+    /// The network of node `id`.
+    pub fn new(id: NodeId, peers: Peers) -> Self {
+        Self { id, peers }
+    }
+}
+
+impl openraft::RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
+        PeerConnection::new(self.id, target, node.addr.clone(), self.peers.clone())
+    }
+}

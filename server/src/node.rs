@@ -1,0 +1,595 @@
+//! A running store node, without its transport: Raft, storage and the operations the
+//! services offer (propose a command, read linearizably, change membership, report status).
+//!
+//! The node stamps every command it proposes with its own clock; only a leader can propose,
+//! so the stamp is always the leader's. Operations that need the leader return
+//! [`ServiceError::NotLeader`] with the leader's address, and the gRPC layer forwards them.
+
+use openraft::async_runtime::watch::WatchReceiver as _;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use affinity_proto::pb;
+use openraft::errors::{ClientWriteError, LinearizableReadError, RaftError};
+use openraft::{ChangeMembers, ReadPolicy, ServerState};
+use tokio::time::Instant;
+
+use crate::clock;
+use crate::config::{Config, ConfigError};
+use crate::error::ServiceError;
+use crate::network::{PeerNetwork, Peers};
+use crate::raft::{Node as RaftNode, NodeId, Raft, TypeConfig};
+use crate::sm::{Command, Op, Outcome};
+use crate::store::{self, LogStore, StateMachineStore, StoreError};
+
+/// Committed entries a node may still have to apply and count as ready.
+pub const READY_MAX_LAG: u64 = 1000;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A setting is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The data directory could not be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Raft could not start from the stored state.
+    #[error("raft failed to start: {0}")]
+    Raft(String),
+}
+
+/// How long an operation may take, and whose limit that is.
+#[derive(Debug, Clone, Copy)]
+pub struct Budget {
+    /// When to give up.
+    pub until: Instant,
+    /// The limit is the caller's deadline (DEADLINE_EXCEEDED), not the node's own proposal
+    /// timeout (UNAVAILABLE).
+    pub caller_limited: bool,
+}
+
+impl Budget {
+    /// The node's own limit, from now.
+    pub fn within(timeout: Duration) -> Self {
+        Self {
+            until: Instant::now() + timeout,
+            caller_limited: false,
+        }
+    }
+
+    fn expired(self, what: &str) -> ServiceError {
+        if self.caller_limited {
+            ServiceError::DeadlineExceeded(format!(
+                "the caller's deadline passed before {what} completed"
+            ))
+        } else {
+            ServiceError::Unavailable(format!(
+                "{what} did not complete in time: no quorum answered (it may still be applied; retrying is safe)"
+            ))
+        }
+    }
+}
+
+/// This node's view of the cluster.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    /// This node.
+    pub id: NodeId,
+    /// Its advertised address.
+    pub address: String,
+    /// leader, follower, candidate, learner or shutdown.
+    pub role: &'static str,
+    /// The leader, when known.
+    pub leader: Option<(NodeId, Option<String>)>,
+    /// Current term.
+    pub term: u64,
+    /// Last log index.
+    pub last_log_index: u64,
+    /// Commit index known to this node.
+    pub commit_index: u64,
+    /// Applied index.
+    pub applied_index: u64,
+    /// Index covered by the newest snapshot.
+    pub snapshot_index: u64,
+    /// Members: id -> (address, voter).
+    pub members: BTreeMap<NodeId, (String, bool)>,
+    /// Leases held by this replica.
+    pub lease_count: u64,
+}
+
+impl NodeStatus {
+    /// The wire form.
+    pub fn to_pb(&self) -> pb::StatusResponse {
+        pb::StatusResponse {
+            node_id: self.id,
+            role: self.role.to_string(),
+            leader_id: self.leader.as_ref().map_or(0, |(id, _)| *id),
+            term: self.term,
+            commit_index: self.commit_index,
+            applied_index: self.applied_index,
+            members: self
+                .members
+                .iter()
+                .map(|(id, (address, voter))| pb::Member {
+                    id: *id,
+                    address: address.clone(),
+                    voter: *voter,
+                })
+                .collect(),
+            lease_count: self.lease_count,
+            leader_address: self
+                .leader
+                .as_ref()
+                .and_then(|(_, a)| a.clone())
+                .unwrap_or_default(),
+            last_log_index: self.last_log_index,
+            snapshot_index: self.snapshot_index,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            address: self.address.clone(),
+        }
+    }
+}
+
+/// A running node.
+pub struct Node {
+    id: NodeId,
+    address: String,
+    raft: Raft,
+    state: StateMachineStore,
+    log: LogStore,
+    flusher: store::Flusher,
+    storage: parking_lot::Mutex<Option<store::Storage>>,
+    proposal_timeout: Duration,
+}
+
+impl Node {
+    /// Open the data directory, start Raft and, on first start, form the cluster.
+    pub async fn start(
+        config: &Config,
+        address: String,
+        peers: Peers,
+    ) -> Result<Arc<Node>, StartError> {
+        let raft_config = Arc::new(config.openraft()?);
+        let dir = config.data_dir.clone();
+        let options = config.storage.clone();
+        let storage = tokio::task::spawn_blocking(move || store::open(&dir, &options))
+            .await
+            .map_err(|e| StartError::Raft(format!("storage open task failed: {e}")))??;
+        let network = PeerNetwork::new(config.node_id, peers.clone());
+        let raft = Raft::new(
+            config.node_id,
+            raft_config,
+            network,
+            storage.log.clone(),
+            storage.state.clone(),
+        )
+        .await
+        .map_err(|e| StartError::Raft(e.to_string()))?;
+        let node = Node {
+            id: config.node_id,
+            address: address.clone(),
+            raft,
+            state: storage.state.clone(),
+            log: storage.log.clone(),
+            flusher: storage.flusher.clone(),
+            storage: parking_lot::Mutex::new(Some(storage)),
+            proposal_timeout: config.proposal_timeout,
+        };
+        node.bootstrap(config, &address, &peers).await?;
+        Ok(Arc::new(node))
+    }
+
+    /// On empty storage: form a single-node cluster, or (lowest id of `peers`) the static
+    /// initial cluster. Never on a node that has state, and not when a peer already belongs
+    /// to a cluster (a node whose disk was wiped must be re-added, not start a second cluster).
+    async fn bootstrap(
+        &self,
+        config: &Config,
+        address: &str,
+        peers: &Peers,
+    ) -> Result<(), StartError> {
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        if initialized {
+            tracing::info!("existing cluster state found; rejoining");
+            return Ok(());
+        }
+        let members: BTreeMap<NodeId, RaftNode> = if config.peers.is_empty() {
+            BTreeMap::from([(
+                self.id,
+                RaftNode {
+                    addr: address.to_string(),
+                },
+            )])
+        } else {
+            if config.peers.keys().next() != Some(&self.id) {
+                tracing::info!(
+                    "empty storage; waiting for the node with the lowest id to form the cluster"
+                );
+                return Ok(());
+            }
+            if let Some((peer, leader)) = existing_cluster(config, peers).await {
+                tracing::warn!(
+                    peer,
+                    leader,
+                    "empty storage, but a peer already belongs to a cluster; not forming a new one (add this node back with `affinityctl members add`)"
+                );
+                return Ok(());
+            }
+            config
+                .peers
+                .iter()
+                .map(|(id, addr)| (*id, RaftNode { addr: addr.clone() }))
+                .collect()
+        };
+        tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "forming a new cluster");
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| StartError::Raft(format!("initialize: {e}")))
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// This node's advertised address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// The Raft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The replicated state.
+    pub fn state(&self) -> &StateMachineStore {
+        &self.state
+    }
+
+    /// The log store.
+    pub fn log(&self) -> &LogStore {
+        &self.log
+    }
+
+    /// Counters of the log's sync thread.
+    pub fn flush_stats(&self) -> &store::FlushStats {
+        self.flusher.stats()
+    }
+
+    /// The node's own time limit for one operation, from now.
+    pub fn default_budget(&self) -> Budget {
+        Budget::within(self.proposal_timeout)
+    }
+
+    /// The node's own proposal timeout.
+    pub fn proposal_timeout(&self) -> Duration {
+        self.proposal_timeout
+    }
+
+    /// The leader this node knows of, with its address.
+    pub fn leader(&self) -> Option<(NodeId, Option<String>)> {
+        let metrics = self.raft.metrics().borrow_watched().clone();
+        let leader = metrics.current_leader?;
+        let address = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)
+            .map(|n| n.addr.clone());
+        Some((leader, address))
+    }
+
+    /// Whether this node believes it is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// Membership operations run on the leader; elsewhere, say where it is.
+    fn require_leader(&self) -> Result<(), ServiceError> {
+        if self.is_leader() {
+            return Ok(());
+        }
+        let (id, address) = self.leader().unzip();
+        Err(self.not_leader(id, address.flatten().map(|addr| RaftNode { addr })))
+    }
+
+    fn not_leader(&self, leader_id: Option<NodeId>, node: Option<RaftNode>) -> ServiceError {
+        let leader_address = node.map(|n| n.addr).or_else(|| {
+            leader_id.and_then(|id| {
+                self.raft
+                    .metrics()
+                    .borrow_watched()
+                    .membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.addr.clone())
+            })
+        });
+        ServiceError::NotLeader {
+            leader_id,
+            leader_address,
+        }
+    }
+
+    /// Propose `op`, stamped with this node's clock, and wait for it to be applied.
+    pub async fn propose(&self, op: Op, budget: Budget) -> Result<Outcome, ServiceError> {
+        let command = Command {
+            stamp_ms: clock::now_ms(),
+            op,
+        };
+        let written = tokio::time::timeout_at(budget.until, self.raft.client_write(command)).await;
+        match written {
+            Err(_) => Err(budget.expired("the write")),
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(e)) => Err(self.write_error(e)),
+        }
+    }
+
+    fn write_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ServiceError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => self.not_leader(f.leader_id, f.leader_node),
+            RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => ServiceError::Unavailable(
+                "leadership changed while the write was in flight; it may or may not be applied; retrying is safe".into(),
+            ),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+                ServiceError::FailedPrecondition(e.to_string())
+            }
+            RaftError::APIError(ClientWriteError::PreconditionFailed(e)) => ServiceError::FailedPrecondition(e.to_string()),
+            RaftError::Fatal(f) => ServiceError::Unavailable(format!("this node's raft has stopped: {f}")),
+        }
+    }
+
+    /// Wait until this node (the leader) has confirmed its leadership with a quorum and
+    /// applied everything committed before the call: a read after this is linearizable.
+    pub async fn linearize(&self, budget: Budget) -> Result<(), ServiceError> {
+        let ready = tokio::time::timeout_at(
+            budget.until,
+            self.raft.ensure_linearizable(ReadPolicy::ReadIndex),
+        )
+        .await;
+        match ready {
+            Err(_) => Err(budget.expired("the read barrier")),
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
+                Err(self.not_leader(f.leader_id, f.leader_node))
+            }
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)))) => Err(
+                ServiceError::Unavailable(format!("no quorum confirmed this leader: {e}")),
+            ),
+            Ok(Err(RaftError::Fatal(f))) => Err(ServiceError::Unavailable(format!(
+                "this node's raft has stopped: {f}"
+            ))),
+        }
+    }
+
+    /// Add a learner (leader only). With `blocking`, returns once it has caught up.
+    pub async fn add_learner(
+        &self,
+        id: NodeId,
+        address: String,
+        blocking: bool,
+        budget: Budget,
+    ) -> Result<u64, ServiceError> {
+        if id == 0 {
+            return Err(
+                affinity_proto::ValidationError::new("node_id", "node ids start at 1").into(),
+            );
+        }
+        crate::config::check_host_port("address", &address).map_err(|e| {
+            ServiceError::Invalid(affinity_proto::ValidationError::new("address", e.reason))
+        })?;
+        self.require_leader()?;
+        let added = self
+            .raft
+            .add_learner(id, RaftNode { addr: address }, blocking);
+        match tokio::time::timeout_at(budget.until, added).await {
+            Err(_) => Err(budget.expired("adding the learner")),
+            Ok(Ok(resp)) => Ok(resp.log_id.index()),
+            Ok(Err(e)) => Err(self.write_error(e)),
+        }
+    }
+
+    /// Replace the voters and/or remove learners (leader only).
+    pub async fn change_membership(
+        &self,
+        voters: BTreeSet<NodeId>,
+        retain: bool,
+        remove_learners: BTreeSet<NodeId>,
+        budget: Budget,
+    ) -> Result<u64, ServiceError> {
+        if voters.is_empty() && remove_learners.is_empty() {
+            return Err(affinity_proto::ValidationError::new(
+                "voters",
+                "give the new voters, or learners to remove (both are empty)",
+            )
+            .into());
+        }
+        self.require_leader()?;
+        let work = async {
+            let mut index = 0;
+            if !voters.is_empty() {
+                let resp = self
+                    .raft
+                    .change_membership(ChangeMembers::ReplaceAllVoters(voters), retain)
+                    .await
+                    .map_err(|e| self.write_error(e))?;
+                index = resp.log_id.index();
+            }
+            if !remove_learners.is_empty() {
+                let resp = self
+                    .raft
+                    .change_membership(ChangeMembers::RemoveNodes(remove_learners), false)
+                    .await
+                    .map_err(|e| self.write_error(e))?;
+                index = resp.log_id.index();
+            }
+            Ok(index)
+        };
+        tokio::time::timeout_at(budget.until, work)
+            .await
+            .unwrap_or_else(|_| Err(budget.expired("the membership change")))
+    }
+
+    /// Hand leadership to `to` (leader only) and wait until it has taken over.
+    pub async fn transfer_leader(
+        &self,
+        to: NodeId,
+        budget: Budget,
+    ) -> Result<NodeId, ServiceError> {
+        let voters: BTreeSet<NodeId> = self.raft.voter_ids().collect();
+        if !voters.contains(&to) {
+            return Err(ServiceError::NotFound(format!(
+                "node {to} is not a voter of this cluster"
+            )));
+        }
+        self.require_leader()?;
+        if to == self.id {
+            return Ok(to);
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(to)
+            .await
+            .map_err(|f| ServiceError::Unavailable(f.to_string()))?;
+        let mut metrics = self.raft.metrics();
+        let waited = tokio::time::timeout_at(budget.until, async {
+            loop {
+                if metrics.borrow_watched().current_leader == Some(to) {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        match waited {
+            Ok(()) => Ok(to),
+            Err(_) => Err(budget.expired("the leadership transfer")),
+        }
+    }
+
+    /// Build a snapshot now and wait for it.
+    pub async fn snapshot(
+        &self,
+        budget: Budget,
+    ) -> Result<store::state::SnapshotInfo, ServiceError> {
+        let applied = self
+            .raft
+            .metrics()
+            .borrow_watched()
+            .last_applied
+            .map(|id| id.index());
+        self.raft
+            .trigger()
+            .snapshot()
+            .await
+            .map_err(|f| ServiceError::Unavailable(f.to_string()))?;
+        let mut metrics = self.raft.metrics();
+        let waited = tokio::time::timeout_at(budget.until, async {
+            loop {
+                if metrics.borrow_watched().snapshot.map(|id| id.index()) >= applied {
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        if waited.is_err() {
+            return Err(budget.expired("the snapshot"));
+        }
+        self.state
+            .snapshot_info()
+            .map_err(|e| ServiceError::Internal(format!("reading the snapshot record: {e}")))?
+            .ok_or_else(|| {
+                ServiceError::Internal("the snapshot was built but no record names it".into())
+            })
+    }
+
+    /// This node's view of the cluster.
+    pub fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members = membership
+            .nodes()
+            .map(|(id, node)| (*id, (node.addr.clone(), voters.contains(id))))
+            .collect();
+        let leader = m
+            .current_leader
+            .map(|id| (id, membership.get_node(&id).map(|n| n.addr.clone())));
+        NodeStatus {
+            id: self.id,
+            address: self.address.clone(),
+            role,
+            leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            commit_index: m.local_committed.map_or(0, |id| id.index()),
+            applied_index: m.last_applied.map_or(0, |id| id.index()),
+            snapshot_index: m.snapshot.map_or(0, |id| id.index()),
+            members,
+            lease_count: self.state.lease_count() as u64,
+        }
+    }
+
+    /// Whether this node can serve: it knows a leader and has applied the cluster's
+    /// committed log, give or take [`READY_MAX_LAG`] entries (so that a healthy follower
+    /// under write load, always a few entries behind, does not flap).
+    pub fn is_ready(&self) -> bool {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let index = |id: Option<crate::raft::LogId>| id.map_or(0, |id| id.index());
+        let committed = index(m.cluster_committed).max(index(m.local_committed));
+        m.running_state.is_ok()
+            && m.current_leader.is_some()
+            && committed.saturating_sub(index(m.last_applied)) <= READY_MAX_LAG
+    }
+
+    /// Stop Raft and close the data directory. Writes fail from here on.
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::error!(error = %e, "raft did not stop cleanly");
+        }
+        let storage = self.storage.lock().take();
+        if let Some(storage) = storage {
+            // The stores' other clones lived in Raft's tasks, which have ended.
+            let _ = tokio::task::spawn_blocking(move || storage.close()).await;
+        }
+    }
+}
+
+/// Ask the other initial peers whether one already belongs to a cluster.
+async fn existing_cluster(config: &Config, peers: &Peers) -> Option<(NodeId, u64)> {
+    for (id, address) in config.peers.iter().filter(|(id, _)| **id != config.node_id) {
+        let Ok(channel) = peers.channel(address) else {
+            continue;
+        };
+        let mut client = pb::cluster_client::ClusterClient::new(channel);
+        let mut request = tonic::Request::new(pb::StatusRequest {});
+        request.set_timeout(Duration::from_millis(500));
+        let answer = tokio::time::timeout(Duration::from_secs(1), client.status(request)).await;
+        if let Ok(Ok(status)) = answer {
+            let status = status.into_inner();
+            if !status.members.is_empty() {
+                return Some((*id, status.leader_id));
+            }
+        }
+    }
+    None
+}

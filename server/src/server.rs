@@ -1,0 +1,282 @@
+//! Assembles and runs a node: storage, Raft, the gRPC services (with health and
+//! reflection), the metrics endpoint and the leader's expiry sweeper, on listeners the
+//! caller has already bound, until the caller's shutdown signal.
+//!
+//! Stopping: health turns NOT_SERVING and Watch streams end; a leader hands leadership to
+//! another voter; the server stops accepting connections and waits (up to the grace period)
+//! for requests in flight; then Raft stops and the data directory is closed.
+
+use openraft::async_runtime::watch::WatchReceiver as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use affinity_proto::pb;
+use openraft::ServerState;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::Instrument;
+
+use crate::clock;
+use crate::config::{Config, ConfigError};
+use crate::grpc::affinity::AffinityService;
+use crate::grpc::cluster::ClusterService;
+use crate::grpc::peer::PeerService;
+use crate::grpc::{CLIENT_MAX_MESSAGE_BYTES, Ctx};
+use crate::metrics::{self, Metrics};
+use crate::network::{PEER_MAX_MESSAGE_BYTES, Peers};
+use crate::node::{Budget, Node, StartError};
+use crate::sm::{Op, Outcome};
+
+/// Sockets a node serves on, bound by the caller (port 0 works).
+pub struct Listeners {
+    /// Every gRPC service: clients, operators and peers.
+    pub grpc: TcpListener,
+    /// `/metrics`, `/healthz`, `/readyz`; `None` to serve none.
+    pub metrics: Option<TcpListener>,
+}
+
+/// Why a node stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// It could not start.
+    #[error(transparent)]
+    Start(#[from] StartError),
+    /// A setting is wrong.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A listener or the gRPC server failed.
+    #[error("serving failed: {0}")]
+    Serve(String),
+}
+
+/// The services named in health checks: the whole server (`""`) and the client service.
+const HEALTH_SERVICES: [&str; 2] = ["", "affinity.v1.Affinity"];
+
+/// Run a node until `shutdown` completes, then stop it cleanly.
+pub async fn run(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let span = tracing::info_span!("node", id = config.node_id);
+    serve(config, listeners, shutdown).instrument(span).await
+}
+
+async fn serve(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), RunError> {
+    let bound = listeners
+        .grpc
+        .local_addr()
+        .map_err(|e| RunError::Serve(format!("gRPC listener: {e}")))?;
+    let metrics_addr: Option<SocketAddr> =
+        listeners.metrics.as_ref().and_then(|l| l.local_addr().ok());
+    let advertise = config.resolve_advertise(bound)?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        node_id = config.node_id,
+        listen = %bound,
+        advertise = %advertise,
+        metrics = %metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
+        data_dir = %config.data_dir.display(),
+        peers = ?config.peers,
+        "affinityd starting"
+    );
+
+    let peers = Peers::new(Duration::from_secs(2));
+    let node = Node::start(&config, advertise, peers.clone()).await?;
+    let stopping = CancellationToken::new();
+    let metrics = Metrics::new(Arc::clone(&node));
+    let ctx = Arc::new(Ctx {
+        node: Arc::clone(&node),
+        peers,
+        metrics: Arc::clone(&metrics),
+        shutdown: stopping.clone(),
+    });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, false).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| RunError::Serve(format!("reflection: {e}")))?;
+
+    let server_stop = CancellationToken::new();
+    let grpc = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(
+            pb::affinity_server::AffinityServer::new(AffinityService::new(Arc::clone(&ctx)))
+                .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(CLIENT_MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::cluster_server::ClusterServer::new(ClusterService::new(Arc::clone(&ctx)))
+                .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(CLIENT_MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            pb::raft_server::RaftServer::new(PeerService::new(Arc::clone(&node)))
+                .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES),
+        )
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listeners.grpc),
+            server_stop.clone().cancelled_owned(),
+        );
+    let mut grpc_task = tokio::spawn(grpc.in_current_span());
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks
+        .spawn(sweep(Arc::clone(&node), config.sweep_interval, stopping.clone()).in_current_span());
+    tasks.spawn(
+        report_health(Arc::clone(&node), health.clone(), stopping.clone()).in_current_span(),
+    );
+    if let Some(listener) = listeners.metrics {
+        tasks.spawn(
+            metrics::serve(
+                listener,
+                Arc::clone(&metrics),
+                Arc::clone(&node),
+                stopping.clone(),
+            )
+            .in_current_span(),
+        );
+    }
+
+    let served = tokio::select! {
+        () = shutdown => Ok(()),
+        joined = &mut grpc_task => Err(match joined {
+            Ok(Ok(())) => RunError::Serve("the gRPC server stopped by itself".into()),
+            Ok(Err(e)) => RunError::Serve(e.to_string()),
+            Err(e) => RunError::Serve(e.to_string()),
+        }),
+    };
+
+    tracing::info!("stopping");
+    set_health(&health, false).await;
+    stopping.cancel();
+    step_down(&node).await;
+    server_stop.cancel();
+    if tokio::time::timeout(config.shutdown_grace, metrics.in_flight.drained())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = metrics.in_flight.count(),
+            "requests still in flight after the grace period; stopping anyway"
+        );
+    }
+    node.shutdown().await;
+    if tokio::time::timeout(Duration::from_secs(2), &mut grpc_task)
+        .await
+        .is_err()
+    {
+        grpc_task.abort();
+    }
+    while tasks.join_next().await.is_some() {}
+    drop(ctx);
+    tracing::info!("stopped");
+    served
+}
+
+async fn set_health(reporter: &HealthReporter, serving: bool) {
+    let status = if serving {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    for service in HEALTH_SERVICES {
+        reporter.set_service_status(service, status).await;
+    }
+}
+
+/// SERVING exactly while the node knows a leader and has applied what is committed; and
+/// a log line whenever the leader or this node's role changes.
+async fn report_health(node: Arc<Node>, reporter: HealthReporter, stopping: CancellationToken) {
+    let mut metrics = node.raft().metrics();
+    let mut serving = None;
+    let mut seen = None;
+    loop {
+        let (state, leader, term) = {
+            let m = metrics.borrow_watched();
+            (m.state, m.current_leader, m.current_term)
+        };
+        if seen != Some((state, leader)) {
+            match leader {
+                Some(id) if id == node.id() => tracing::info!(term, "this node is the leader"),
+                Some(id) => {
+                    tracing::info!(term, leader = id, role = ?state, "following the leader");
+                }
+                None => tracing::info!(term, role = ?state, "no leader known"),
+            }
+            seen = Some((state, leader));
+        }
+        let ready = node.is_ready();
+        if serving != Some(ready) {
+            set_health(&reporter, ready).await;
+            tracing::info!(ready, "readiness changed");
+            serving = Some(ready);
+        }
+        tokio::select! {
+            () = stopping.cancelled() => return,
+            changed = metrics.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// On the leader, propose removing ended leases whenever some have ended.
+async fn sweep(node: Arc<Node>, interval: Duration, stopping: CancellationToken) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stopping.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if !node.is_leader() {
+            continue;
+        }
+        let now = clock::now_ms();
+        if node.state().next_end_ms().is_none_or(|end| end > now) {
+            continue;
+        }
+        match node
+            .propose(Op::Sweep { up_to_ms: now }, node.default_budget())
+            .await
+        {
+            Ok(Outcome::Swept(removed)) => tracing::debug!(removed, "swept ended leases"),
+            Ok(other) => tracing::error!(?other, "a sweep returned something else"),
+            Err(e) => tracing::debug!(error = %e, "sweep not applied"),
+        }
+    }
+}
+
+/// A leader hands leadership to another voter before stopping, so clients see no election
+/// timeout. Bounded: if no voter takes over in time, the node stops anyway.
+async fn step_down(node: &Node) {
+    if node.raft().metrics().borrow_watched().state != ServerState::Leader {
+        return;
+    }
+    let Some(to) = node.raft().voter_ids().find(|id| *id != node.id()) else {
+        return;
+    };
+    match node
+        .transfer_leader(to, Budget::within(Duration::from_secs(3)))
+        .await
+    {
+        Ok(_) => tracing::info!(to, "handed leadership over"),
+        Err(e) => tracing::warn!(to, error = %e, "could not hand leadership over; stopping anyway"),
+    }
+}
