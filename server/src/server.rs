@@ -15,9 +15,9 @@ use std::time::Duration;
 use affinity_proto::pb;
 use openraft::ServerState;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::Instrument;
@@ -106,6 +106,7 @@ async fn serve(
     set_health(&health, false).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| RunError::Serve(format!("reflection: {e}")))?;
 
@@ -132,7 +133,10 @@ async fn serve(
         .add_service(health_service)
         .add_service(reflection)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listeners.grpc),
+            // Small answers must not wait for delayed ACKs (Nagle): no-delay on every socket.
+            TcpIncoming::from(listeners.grpc)
+                .with_nodelay(Some(true))
+                .with_keepalive(Some(Duration::from_secs(60))),
             server_stop.clone().cancelled_owned(),
         );
     let mut grpc_task = tokio::spawn(grpc.in_current_span());

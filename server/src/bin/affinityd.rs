@@ -110,6 +110,9 @@ struct NodeArgs {
     /// How long a stopping node waits for requests in flight. [default: 10s]
     #[arg(long, global = true, env = "AFFINITY_SHUTDOWN_GRACE")]
     shutdown_grace: Option<GatewayDuration>,
+    /// Changes a Watch subscriber may fall behind before its stream ends. [default: 16384]
+    #[arg(long, global = true, env = "AFFINITY_WATCH_BUFFER")]
+    watch_buffer: Option<usize>,
 }
 
 #[derive(Clone, Copy, ValueEnum, Deserialize, PartialEq, Eq)]
@@ -138,6 +141,7 @@ struct FileArgs {
     sweep_interval: Option<GatewayDuration>,
     proposal_timeout: Option<GatewayDuration>,
     shutdown_grace: Option<GatewayDuration>,
+    watch_buffer: Option<usize>,
 }
 
 /// Settings after layering, plus what only the binary uses.
@@ -208,6 +212,10 @@ fn layer(args: NodeArgs) -> Result<Settings, String> {
         .raft_snapshot_threshold
         .or(file.raft_snapshot_threshold)
         .unwrap_or(config.raft.snapshot_threshold);
+    config.storage.watch_buffer = args
+        .watch_buffer
+        .or(file.watch_buffer)
+        .unwrap_or(config.storage.watch_buffer);
     config.raft.logs_kept_after_snapshot = args
         .raft_logs_kept
         .or(file.raft_logs_kept)

@@ -92,6 +92,8 @@ pub struct StoreOptions {
     pub sync: SyncMode,
     /// sled page cache, in bytes.
     pub cache_capacity_bytes: u64,
+    /// Applied changes a `Watch` subscriber may fall behind before its stream is ended.
+    pub watch_buffer: usize,
 }
 
 impl Default for StoreOptions {
@@ -99,6 +101,7 @@ impl Default for StoreOptions {
         Self {
             sync: SyncMode::Fsync,
             cache_capacity_bytes: 64 * 1024 * 1024,
+            watch_buffer: 16 * 1024,
         }
     }
 }
@@ -172,7 +175,7 @@ pub fn open(dir: &Path, options: &StoreOptions) -> Result<Storage, StoreError> {
     log.finish_interrupted_purge().map_err(io_err)?;
     let snapshots =
         SnapshotStore::open(dir.join("snapshots"), meta_tree, flusher.clone()).map_err(io_err)?;
-    let state = StateMachineStore::new(snapshots);
+    let state = StateMachineStore::new(snapshots, options.watch_buffer);
     Ok(Storage {
         log,
         state,

@@ -21,9 +21,6 @@ use crate::raft::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::sm::snapshot as format;
 use crate::sm::{Event, Lease, LeaseTable, Outcome};
 
-/// Subscribers may fall this many changes behind before they are told they lagged.
-const CHANGE_BUFFER: usize = 16 * 1024;
-
 /// A change published to subscribers.
 #[derive(Debug, Clone)]
 pub enum Change {
@@ -80,8 +77,10 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    pub(crate) fn new(snapshots: SnapshotStore) -> Self {
-        let (changes, _) = broadcast::channel(CHANGE_BUFFER);
+    /// A state machine whose subscribers may fall `change_buffer` changes behind before they
+    /// are told they lagged.
+    pub(crate) fn new(snapshots: SnapshotStore, change_buffer: usize) -> Self {
+        let (changes, _) = broadcast::channel(change_buffer.max(1));
         Self {
             inner: Arc::new(Inner {
                 state: RwLock::new(SmState {
