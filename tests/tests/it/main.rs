@@ -3,9 +3,21 @@
 //! - `contract`: the public wire names (services, methods, messages, fields) are exactly
 //!   those users' tools rely on.
 //! - `agreement`: the client's and the server's view of a request are the same.
+//! - `cluster_basics`: a 3-node cluster of real `affinityd` processes: election, one winner,
+//!   absolute expiry, every kind of change.
+//! - `cluster_faults`: killed leaders, full restarts, membership changes.
+//! - `bad_input`: every rule of every field, and garbage on the wire.
+//! - `ctl`: every `affinityctl` command against a cluster.
+//! - `service`: health, reflection, leader hints, deadlines without a quorum, slow watchers,
+//!   oversized messages.
 
 // Tests fail by panicking.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod agreement;
+mod bad_input;
+mod cluster_basics;
+mod cluster_faults;
 mod contract;
+mod ctl;
+mod service;

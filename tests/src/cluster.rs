@@ -1,0 +1,383 @@
+//! A cluster of real `affinityd` processes on loopback.
+//!
+//! Ports are reserved by binding port 0 and releasing it just before the node starts. Each
+//! node writes its log to `node-N.log` in the cluster's folder. Dropping the cluster kills
+//! every process and removes the folder, except when the test is failing: then the folder is
+//! kept, its path printed, and the end of every node's log shown.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use affinity_proto::pb;
+use affinity_proto::pb::affinity_client::AffinityClient;
+use affinity_proto::pb::cluster_client::ClusterClient;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{bins, wait};
+
+/// Settings of a test cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// Initial voters (ids 1..=n).
+    pub nodes: u64,
+    /// Raft heartbeat.
+    pub heartbeat: &'static str,
+    /// Raft election timeout (minimum).
+    pub election_timeout: &'static str,
+    /// Sweep interval.
+    pub sweep_interval: &'static str,
+    /// Entries between snapshots.
+    pub snapshot_threshold: u64,
+    /// Log entries kept behind a snapshot.
+    pub logs_kept: u64,
+    /// More `affinityd` arguments for every node.
+    pub extra_args: Vec<String>,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            heartbeat: "100ms",
+            election_timeout: "1s",
+            sweep_interval: "100ms",
+            snapshot_threshold: 10_000,
+            logs_kept: 1_000,
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// One node process.
+struct NodeProc {
+    grpc: SocketAddr,
+    metrics: SocketAddr,
+    data_dir: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running cluster of `affinityd` processes.
+pub struct Cluster {
+    name: String,
+    root: Option<tempfile::TempDir>,
+    options: ClusterOptions,
+    nodes: BTreeMap<u64, NodeProc>,
+    /// The static membership given to nodes started with `--peers`.
+    initial_peers: BTreeMap<u64, SocketAddr>,
+}
+
+fn reserve_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+    listener.local_addr().expect("bound address")
+}
+
+impl Cluster {
+    /// Start `options.nodes` voters with `--peers` and wait until they agree on a leader.
+    pub async fn start(name: &str, options: ClusterOptions) -> Cluster {
+        let root = tempfile::Builder::new()
+            .prefix(&format!("affinity-{name}-"))
+            .tempdir()
+            .expect("temp dir");
+        let mut cluster = Cluster {
+            name: name.to_string(),
+            root: Some(root),
+            options: options.clone(),
+            nodes: BTreeMap::new(),
+            initial_peers: BTreeMap::new(),
+        };
+        for id in 1..=options.nodes {
+            cluster.initial_peers.insert(id, reserve_port());
+        }
+        for id in 1..=options.nodes {
+            let grpc = cluster.initial_peers[&id];
+            cluster.add_proc(id, grpc);
+            cluster.spawn(id);
+        }
+        let all: Vec<u64> = (1..=options.nodes).collect();
+        cluster.wait_leader(&all).await;
+        cluster
+    }
+
+    fn root(&self) -> &Path {
+        self.root
+            .as_ref()
+            .expect("root exists while the cluster lives")
+            .path()
+    }
+
+    fn add_proc(&mut self, id: u64, grpc: SocketAddr) {
+        let data_dir = self.root().join(format!("node-{id}"));
+        let log = self.root().join(format!("node-{id}.log"));
+        self.nodes.insert(
+            id,
+            NodeProc {
+                grpc,
+                metrics: reserve_port(),
+                data_dir,
+                log,
+                child: None,
+            },
+        );
+    }
+
+    fn peers_arg(&self, extra: Option<(u64, SocketAddr)>) -> String {
+        let mut peers = self.initial_peers.clone();
+        if let Some((id, addr)) = extra {
+            peers.insert(id, addr);
+        }
+        peers
+            .iter()
+            .map(|(id, addr)| format!("{id}={addr}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// (Re)start node `id` with its data folder and ports.
+    pub fn spawn(&mut self, id: u64) {
+        let peers = if self.initial_peers.contains_key(&id) {
+            self.peers_arg(None)
+        } else {
+            let grpc = self.nodes[&id].grpc;
+            self.peers_arg(Some((id, grpc)))
+        };
+        let options = self.options.clone();
+        let node = self.nodes.get_mut(&id).expect("known node");
+        assert!(node.child.is_none(), "node {id} is already running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("node log file");
+        let log_err = log.try_clone().expect("log handle");
+        let mut command = Command::new(bins::affinityd());
+        command
+            .arg("--node-id")
+            .arg(id.to_string())
+            .arg("--listen")
+            .arg(node.grpc.to_string())
+            .arg("--metrics-listen")
+            .arg(node.metrics.to_string())
+            .arg("--data-dir")
+            .arg(&node.data_dir)
+            .arg("--peers")
+            .arg(peers)
+            .args(["--raft-heartbeat", options.heartbeat])
+            .args(["--raft-election-timeout", options.election_timeout])
+            .args(["--sweep-interval", options.sweep_interval])
+            .arg("--raft-snapshot-threshold")
+            .arg(options.snapshot_threshold.to_string())
+            .arg("--raft-logs-kept")
+            .arg(options.logs_kept.to_string())
+            .args(["--log-level", "info,openraft=warn"])
+            .args(&options.extra_args)
+            .env_remove("AFFINITY_CONFIG")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        node.child = Some(command.spawn().expect("affinityd starts"));
+    }
+
+    /// Add a node that is not in the initial membership and start it (it waits to be added).
+    pub fn start_joiner(&mut self, id: u64) {
+        let grpc = reserve_port();
+        self.add_proc(id, grpc);
+        self.spawn(id);
+    }
+
+    /// SIGKILL node `id` and reap it.
+    pub fn kill(&mut self, id: u64) {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        if let Some(mut child) = node.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM node `id` and wait for it to exit; returns its exit status.
+    pub async fn stop(&mut self, id: u64) -> ExitStatus {
+        let node = self.nodes.get_mut(&id).expect("known node");
+        let mut child = node.child.take().expect("node is running");
+        let pid = Pid::from_raw(i32::try_from(child.id()).expect("pid fits"));
+        kill(pid, Signal::SIGTERM).expect("signal the node");
+        wait::until(
+            &format!("node {id} exits after SIGTERM"),
+            Duration::from_secs(20),
+            || {
+                let status = child.try_wait();
+                async move {
+                    match status {
+                        Ok(Some(status)) => Ok(status),
+                        other => Err(format!("{other:?}")),
+                    }
+                }
+            },
+        )
+        .await
+    }
+
+    /// The gRPC address of node `id`.
+    pub fn addr(&self, id: u64) -> SocketAddr {
+        self.nodes[&id].grpc
+    }
+
+    /// The metrics address of node `id`.
+    pub fn metrics_addr(&self, id: u64) -> SocketAddr {
+        self.nodes[&id].metrics
+    }
+
+    /// The Prometheus text of node `id`'s `/metrics`.
+    pub fn scrape(&self, id: u64) -> String {
+        http_get(self.metrics_addr(id), "/metrics")
+    }
+
+    /// The value of metric `name` (no labels) on node `id`, if present.
+    pub fn metric(&self, id: u64, name: &str) -> Option<f64> {
+        self.scrape(id).lines().find_map(|line| {
+            let (key, value) = line.split_once(' ')?;
+            if key == name {
+                value.trim().parse().ok()
+            } else {
+                None
+            }
+        })
+    }
+
+    /// Every node's gRPC address, comma-separated (for `affinityctl --endpoints`).
+    pub fn endpoints(&self) -> String {
+        self.nodes
+            .values()
+            .map(|n| n.grpc.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node ids known to the harness.
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes.keys().copied().collect()
+    }
+
+    /// Ids of the running nodes.
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| n.child.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    fn channel(&self, id: u64) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr(id)))
+            .expect("valid uri")
+            .connect_timeout(Duration::from_secs(2))
+            .connect_lazy()
+    }
+
+    /// A client of the `Affinity` service of node `id`.
+    pub fn client(&self, id: u64) -> AffinityClient<Channel> {
+        AffinityClient::new(self.channel(id))
+    }
+
+    /// A client of the `Cluster` service of node `id`.
+    pub fn admin(&self, id: u64) -> ClusterClient<Channel> {
+        ClusterClient::new(self.channel(id))
+    }
+
+    /// `Status` of node `id`.
+    pub async fn status(&self, id: u64) -> Result<pb::StatusResponse, tonic::Status> {
+        let mut request = tonic::Request::new(pb::StatusRequest {});
+        request.set_timeout(Duration::from_secs(1));
+        self.admin(id)
+            .status(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Wait until every node in `among` reports the same leader, itself one of them; return it.
+    pub async fn wait_leader(&self, among: &[u64]) -> u64 {
+        let among = among.to_vec();
+        wait::until(
+            &format!("nodes {among:?} agree on a leader among them"),
+            Duration::from_secs(20),
+            || {
+                let among = among.clone();
+                async move {
+                    let mut leaders = Vec::new();
+                    for id in &among {
+                        match self.status(*id).await {
+                            Ok(s) => leaders.push(s.leader_id),
+                            Err(e) => return Err(format!("node {id}: {}", e.message())),
+                        }
+                    }
+                    match leaders.first() {
+                        Some(&l)
+                            if l != 0 && among.contains(&l) && leaders.iter().all(|x| *x == l) =>
+                        {
+                            Ok(l)
+                        }
+                        _ => Err(format!("leaders seen: {leaders:?}")),
+                    }
+                }
+            },
+        )
+        .await
+    }
+}
+
+/// A plain HTTP/1.0 GET on loopback; the body, or an empty string on any failure.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return String::new();
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+    if stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .is_err()
+    {
+        return String::new();
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in self.nodes.values_mut() {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking()
+            && let Some(root) = self.root.take()
+        {
+            let kept = root.keep();
+            eprintln!(
+                "==== cluster {} failed; its folder is kept at {}",
+                self.name,
+                kept.display()
+            );
+            for (id, node) in &self.nodes {
+                let text = std::fs::read_to_string(&node.log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(80)..];
+                eprintln!(
+                    "==== node {id} log (last {} lines):\n{}",
+                    tail.len(),
+                    tail.join("\n")
+                );
+            }
+        }
+    }
+}
