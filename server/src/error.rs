@@ -34,6 +34,9 @@ pub enum ServiceError {
     /// membership change while another is under way. (FAILED_PRECONDITION)
     #[error("{0}")]
     FailedPrecondition(String),
+    /// The request is larger than this node accepts. (RESOURCE_EXHAUSTED)
+    #[error("{0}")]
+    TooLarge(String),
     /// A stream could not keep up and was ended; the caller must start over. (ABORTED)
     #[error("{0}")]
     Aborted(String),

@@ -21,7 +21,7 @@ use crate::error::ServiceError;
 use crate::network::{PeerNetwork, Peers};
 use crate::raft::{Node as RaftNode, NodeId, Raft, TypeConfig};
 use crate::sm::{Command, Op, Outcome};
-use crate::store::{self, LogStore, StateMachineStore, StoreError};
+use crate::store::{self, StateMachineStore, StoreError};
 
 /// Committed entries a node may still have to apply and count as ready.
 pub const READY_MAX_LAG: u64 = 1000;
@@ -138,9 +138,7 @@ pub struct Node {
     address: String,
     raft: Raft,
     state: StateMachineStore,
-    log: LogStore,
     flusher: store::Flusher,
-    storage: parking_lot::Mutex<Option<store::Storage>>,
     proposal_timeout: Duration,
 }
 
@@ -172,9 +170,7 @@ impl Node {
             address: address.clone(),
             raft,
             state: storage.state.clone(),
-            log: storage.log.clone(),
             flusher: storage.flusher.clone(),
-            storage: parking_lot::Mutex::new(Some(storage)),
             proposal_timeout: config.proposal_timeout,
         };
         node.bootstrap(config, &address, &peers).await?;
@@ -254,11 +250,6 @@ impl Node {
         &self.state
     }
 
-    /// The log store.
-    pub fn log(&self) -> &LogStore {
-        &self.log
-    }
-
     /// Counters of the log's sync thread.
     pub fn flush_stats(&self) -> &store::FlushStats {
         self.flusher.stats()
@@ -276,7 +267,8 @@ impl Node {
 
     /// The leader this node knows of, with its address.
     pub fn leader(&self) -> Option<(NodeId, Option<String>)> {
-        let metrics = self.raft.metrics().borrow_watched().clone();
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow_watched();
         let leader = metrics.current_leader?;
         let address = metrics
             .membership_config
@@ -553,7 +545,8 @@ impl Node {
     /// committed log, give or take [`READY_MAX_LAG`] entries (so that a healthy follower
     /// under write load, always a few entries behind, does not flap).
     pub fn is_ready(&self) -> bool {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let receiver = self.raft.metrics();
+        let m = receiver.borrow_watched();
         let index = |id: Option<crate::raft::LogId>| id.map_or(0, |id| id.index());
         let committed = index(m.cluster_committed).max(index(m.local_committed));
         m.running_state.is_ok()
@@ -566,11 +559,10 @@ impl Node {
         if let Err(e) = self.raft.shutdown().await {
             tracing::error!(error = %e, "raft did not stop cleanly");
         }
-        let storage = self.storage.lock().take();
-        if let Some(storage) = storage {
-            // The stores' other clones lived in Raft's tasks, which have ended.
-            let _ = tokio::task::spawn_blocking(move || storage.close()).await;
-        }
+        // Raft's tasks, which held the stores, have ended: sync what is pending and release
+        // the database.
+        let flusher = self.flusher.clone();
+        let _ = tokio::task::spawn_blocking(move || flusher.close()).await;
     }
 }
 

@@ -76,7 +76,8 @@ impl Affinity for AffinityService {
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
         serve("Resolve", &self.ctx.metrics, request, async |call, wire| {
-            let checked = request::Resolve::try_from(wire.clone()).map_err(invalid)?;
+            let spare = self.ctx.spare(&wire);
+            let checked = request::Resolve::try_from(wire).map_err(invalid)?;
             call.record_key(&checked.scope, &checked.key);
             let answer = |outcome| match outcome {
                 Outcome::Resolved {
@@ -94,7 +95,7 @@ impl Affinity for AffinityService {
                 .propose_or_forward(
                     call,
                     Op::resolve(checked),
-                    wire,
+                    spare,
                     answer,
                     |channel, req| async move { client(channel).resolve(req).await },
                 )
@@ -108,7 +109,8 @@ impl Affinity for AffinityService {
         request: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
         serve("Lookup", &self.ctx.metrics, request, async |call, wire| {
-            let checked = request::Lookup::try_from(wire.clone()).map_err(invalid)?;
+            let spare = self.ctx.spare(&wire);
+            let checked = request::Lookup::try_from(wire).map_err(invalid)?;
             call.record_key(&checked.scope, &checked.key);
             let read = || {
                 let state = self.ctx.node.state();
@@ -121,7 +123,7 @@ impl Affinity for AffinityService {
                 return read().map_err(|e: ServiceError| Status::from(e));
             }
             self.ctx
-                .read_or_forward(call, wire, read, |channel, req| async move {
+                .read_or_forward(call, spare, read, |channel, req| async move {
                     client(channel).lookup(req).await
                 })
                 .await
@@ -138,7 +140,8 @@ impl Affinity for AffinityService {
             &self.ctx.metrics,
             request,
             async |call, wire| {
-                let checked = request::Reassign::try_from(wire.clone()).map_err(invalid)?;
+                let spare = self.ctx.spare(&wire);
+                let checked = request::Reassign::try_from(wire).map_err(invalid)?;
                 call.record_key(&checked.scope, &checked.key);
                 let answer = |outcome| match outcome {
                     Outcome::Reassigned { lease, swapped } => Ok(pb::ReassignResponse {
@@ -151,7 +154,7 @@ impl Affinity for AffinityService {
                     .propose_or_forward(
                         call,
                         Op::reassign(checked),
-                        wire,
+                        spare,
                         answer,
                         |channel, req| async move { client(channel).reassign(req).await },
                     )
@@ -166,7 +169,8 @@ impl Affinity for AffinityService {
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
         serve("Release", &self.ctx.metrics, request, async |call, wire| {
-            let checked = request::Release::try_from(wire.clone()).map_err(invalid)?;
+            let spare = self.ctx.spare(&wire);
+            let checked = request::Release::try_from(wire).map_err(invalid)?;
             call.record_key(&checked.scope, &checked.key);
             let op = Op::Release {
                 scope: checked.scope,
@@ -177,7 +181,7 @@ impl Affinity for AffinityService {
                 other => Err(unexpected(&other)),
             };
             self.ctx
-                .propose_or_forward(call, op, wire, answer, |channel, req| async move {
+                .propose_or_forward(call, op, spare, answer, |channel, req| async move {
                     client(channel).release(req).await
                 })
                 .await
@@ -194,7 +198,8 @@ impl Affinity for AffinityService {
             &self.ctx.metrics,
             request,
             async |call, wire| {
-                let checked = request::DrainEndpoint::try_from(wire.clone()).map_err(invalid)?;
+                let spare = self.ctx.spare(&wire);
+                let checked = request::DrainEndpoint::try_from(wire).map_err(invalid)?;
                 call.span()
                     .record("scope", checked.scope.as_deref().unwrap_or("*"));
                 let op = Op::DrainEndpoint {
@@ -206,7 +211,7 @@ impl Affinity for AffinityService {
                     other => Err(unexpected(&other)),
                 };
                 self.ctx
-                    .propose_or_forward(call, op, wire, answer, |channel, req| async move {
+                    .propose_or_forward(call, op, spare, answer, |channel, req| async move {
                         client(channel).drain_endpoint(req).await
                     })
                     .await
@@ -220,7 +225,8 @@ impl Affinity for AffinityService {
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         serve("List", &self.ctx.metrics, request, async |call, wire| {
-            let checked = request::List::try_from(wire.clone()).map_err(invalid)?;
+            let spare = self.ctx.spare(&wire);
+            let checked = request::List::try_from(wire).map_err(invalid)?;
             let after = if checked.page_token.is_empty() {
                 None
             } else {
@@ -250,7 +256,7 @@ impl Affinity for AffinityService {
                 })
             };
             self.ctx
-                .read_or_forward(call, wire, read, |channel, req| async move {
+                .read_or_forward(call, spare, read, |channel, req| async move {
                     client(channel).list(req).await
                 })
                 .await

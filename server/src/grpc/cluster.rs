@@ -74,7 +74,7 @@ impl Cluster for ClusterService {
                     .here_or_leader(
                         call,
                         budget,
-                        wire.clone(),
+                        Some(wire.clone()),
                         work,
                         |channel, req| async move { client(channel).add_learner(req).await },
                     )
@@ -111,7 +111,7 @@ impl Cluster for ClusterService {
                     .here_or_leader(
                         call,
                         budget,
-                        wire.clone(),
+                        Some(wire.clone()),
                         work,
                         |channel, req| async move { client(channel).change_membership(req).await },
                     )
@@ -140,7 +140,7 @@ impl Cluster for ClusterService {
                     Ok(pb::TransferLeaderResponse { leader_id })
                 };
                 self.ctx
-                    .here_or_leader(call, budget, wire, work, |channel, req| async move {
+                    .here_or_leader(call, budget, Some(wire), work, |channel, req| async move {
                         client(channel).transfer_leader(req).await
                     })
                     .await

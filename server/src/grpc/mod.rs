@@ -50,12 +50,19 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// A copy of `wire` to forward with, kept only when this node does not lead (the
+    /// leader's hot path copies nothing). If it loses leadership meanwhile, the caller gets
+    /// UNAVAILABLE with the new leader's address instead of a forward.
+    pub fn spare<Req: Clone>(&self, wire: &Req) -> Option<Req> {
+        (!self.node.is_leader()).then(|| wire.clone())
+    }
+
     /// Propose `op` here if this node leads; otherwise send `wire` to the leader.
     pub async fn propose_or_forward<Req, Resp, Fwd, Fut>(
         &self,
         call: &Call,
         op: Op,
-        wire: Req,
+        wire: Option<Req>,
         answer: impl FnOnce(Outcome) -> Result<Resp, ServiceError>,
         forward: Fwd,
     ) -> Result<Resp, Status>
@@ -72,7 +79,7 @@ impl Ctx {
     pub async fn read_or_forward<Req, Resp, Fwd, Fut>(
         &self,
         call: &Call,
-        wire: Req,
+        wire: Option<Req>,
         read: impl FnOnce() -> Result<Resp, ServiceError>,
         forward: Fwd,
     ) -> Result<Resp, Status>
@@ -89,12 +96,12 @@ impl Ctx {
     }
 
     /// Do `work` here; if it needs the leader and this node is not it, send `wire` there
-    /// instead (unless this call was itself forwarded).
+    /// instead (unless this call was itself forwarded, or there is no `wire` to send).
     pub async fn here_or_leader<Req, Resp, Fwd, Fut>(
         &self,
         call: &Call,
         budget: Budget,
-        wire: Req,
+        wire: Option<Req>,
         work: impl Future<Output = Result<Resp, ServiceError>>,
         forward: Fwd,
     ) -> Result<Resp, Status>
@@ -102,16 +109,19 @@ impl Ctx {
         Fwd: FnOnce(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        match work.await {
-            Ok(resp) => Ok(resp),
-            Err(ServiceError::NotLeader {
-                leader_address: Some(address),
-                leader_id,
-            }) if !call.forwarded() => {
+        match (work.await, wire) {
+            (Ok(resp), _) => Ok(resp),
+            (
+                Err(ServiceError::NotLeader {
+                    leader_address: Some(address),
+                    leader_id,
+                }),
+                Some(wire),
+            ) if !call.forwarded() => {
                 self.forward(call, budget, leader_id, &address, wire, forward)
                     .await
             }
-            Err(e) => Err(e.into()),
+            (Err(e), _) => Err(e.into()),
         }
     }
 

@@ -7,11 +7,12 @@
 use std::io::Write;
 use std::sync::Arc;
 
-use affinity_proto::pb;
 use affinity_proto::pb::raft_server::Raft as RaftRpc;
+use affinity_proto::{ValidationError, pb};
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::error::ServiceError;
 use crate::node::Node;
 use crate::raft::Snapshot;
 use crate::raft::codec::{CodecError, snapshot_meta_from_pb, vote_from_pb, vote_to_pb};
@@ -37,11 +38,15 @@ impl PeerService {
 }
 
 fn bad_message(e: &CodecError) -> Status {
-    Status::invalid_argument(e.to_string())
+    invalid(&e.to_string())
+}
+
+fn invalid(rule: &str) -> Status {
+    ServiceError::Invalid(ValidationError::new("message", rule.to_string())).into()
 }
 
 fn stopped(e: &impl std::fmt::Display) -> Status {
-    Status::unavailable(format!("this node's raft has stopped: {e}"))
+    ServiceError::Unavailable(format!("this node's raft has stopped: {e}")).into()
 }
 
 #[tonic::async_trait]
@@ -117,27 +122,26 @@ impl RaftRpc for PeerService {
             part: Some(pb::snapshot_chunk::Part::Offer(offer)),
         }) = chunks.message().await?
         else {
-            return Err(Status::invalid_argument(
-                "a snapshot stream must start with its offer",
-            ));
+            return Err(invalid("a snapshot stream must start with its offer"));
         };
         let vote = offer
             .vote
             .as_ref()
             .map(vote_from_pb)
-            .ok_or_else(|| Status::invalid_argument("snapshot offer has no vote"))?;
+            .ok_or_else(|| invalid("snapshot offer has no vote"))?;
         let meta = offer
             .meta
             .as_ref()
             .map(snapshot_meta_from_pb)
             .transpose()
             .map_err(|e| bad_message(&e))?
-            .ok_or_else(|| Status::invalid_argument("snapshot offer has no meta"))?;
+            .ok_or_else(|| invalid("snapshot offer has no meta"))?;
         if offer.size_bytes > MAX_SNAPSHOT_BYTES {
-            return Err(Status::resource_exhausted(format!(
+            return Err(ServiceError::TooLarge(format!(
                 "snapshot of {} bytes exceeds the limit of {MAX_SNAPSHOT_BYTES}",
                 offer.size_bytes
-            )));
+            ))
+            .into());
         }
 
         let path = self.node.state().snapshots().temp_path("incoming");
@@ -188,7 +192,9 @@ async fn receive(
     path: &std::path::Path,
     expected: u64,
 ) -> Result<SnapshotData, Status> {
-    let io = |e: std::io::Error| Status::internal(format!("writing the received snapshot: {e}"));
+    let io = |e: std::io::Error| -> Status {
+        ServiceError::Internal(format!("writing the received snapshot: {e}")).into()
+    };
     let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
     let mut written: u64 = 0;
     while let Some(chunk) = chunks.message().await? {
@@ -196,7 +202,7 @@ async fn receive(
             Some(pb::snapshot_chunk::Part::Data(bytes)) => {
                 written += bytes.len() as u64;
                 if written > expected {
-                    return Err(Status::invalid_argument(format!(
+                    return Err(invalid(&format!(
                         "snapshot is longer than the {expected} bytes offered"
                     )));
                 }
@@ -204,14 +210,12 @@ async fn receive(
                 file.write_all(&bytes).map_err(io)?;
             }
             _ => {
-                return Err(Status::invalid_argument(
-                    "only data may follow a snapshot offer",
-                ));
+                return Err(invalid("only data may follow a snapshot offer"));
             }
         }
     }
     if written != expected {
-        return Err(Status::invalid_argument(format!(
+        return Err(invalid(&format!(
             "snapshot stream ended after {written} of {expected} bytes"
         )));
     }

@@ -40,6 +40,7 @@ impl From<ServiceError> for Status {
             ServiceError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
             ServiceError::NotFound(_) => Status::not_found(message),
             ServiceError::FailedPrecondition(_) => Status::failed_precondition(message),
+            ServiceError::TooLarge(_) => Status::resource_exhausted(message),
             ServiceError::Aborted(_) => Status::aborted(message),
             ServiceError::Internal(_) => Status::internal(message),
         }
@@ -83,6 +84,7 @@ mod tests {
                 ServiceError::FailedPrecondition("x".into()),
                 Code::FailedPrecondition,
             ),
+            (ServiceError::TooLarge("x".into()), Code::ResourceExhausted),
             (ServiceError::Aborted("x".into()), Code::Aborted),
             (ServiceError::Internal("x".into()), Code::Internal),
         ];

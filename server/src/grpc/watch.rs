@@ -14,6 +14,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
+use crate::error::ServiceError;
 use crate::store::Change;
 
 /// What `Watch` returns.
@@ -52,7 +53,8 @@ pub fn stream(
                 biased;
                 () = st.shutdown.cancelled() => {
                     st.ended = true;
-                    return Some((Err(Status::unavailable("this node is shutting down; watch another node")), st));
+                    let e = ServiceError::Unavailable("this node is shutting down; watch another node".into());
+                    return Some((Err(e.into()), st));
                 }
                 change = st.changes.recv() => change,
             };
@@ -68,19 +70,22 @@ pub fn stream(
                     let message = format!(
                         "this node replaced its state with a snapshot up to log index {last_log_index}; re-read with List and watch again"
                     );
-                    return Some((Err(Status::aborted(message)), st));
+                    return Some((Err(ServiceError::Aborted(message).into()), st));
                 }
                 Err(RecvError::Lagged(missed)) => {
                     st.ended = true;
                     let message = format!(
                         "this watch fell {missed} changes behind and was ended; re-read with List and watch again"
                     );
-                    return Some((Err(Status::aborted(message)), st));
+                    return Some((Err(ServiceError::Aborted(message).into()), st));
                 }
                 Err(RecvError::Closed) => {
                     st.ended = true;
                     return Some((
-                        Err(Status::unavailable("this node's state machine has stopped")),
+                        Err(ServiceError::Unavailable(
+                            "this node's state machine has stopped".into(),
+                        )
+                        .into()),
                         st,
                     ));
                 }

@@ -48,22 +48,6 @@ impl LogStore {
         }
     }
 
-    /// Entries currently held (not yet purged).
-    pub fn entry_count(&self) -> usize {
-        self.inner.log.len()
-    }
-
-    /// Approximate bytes of the held entries.
-    pub fn approximate_bytes(&self) -> u64 {
-        self.inner
-            .log
-            .iter()
-            .values()
-            .filter_map(Result::ok)
-            .map(|v| v.len() as u64)
-            .sum()
-    }
-
     fn last_purged(&self) -> io::Result<Option<LogId>> {
         read_log_id(&self.inner.meta, keys::LAST_PURGED)
     }
