@@ -16,6 +16,7 @@
 //!   [`Policy::from_session_persistence`].
 //! - [`request`]: checked forms of every `Affinity` request.
 //! - [`error`]: [`ValidationError`], the one error of this crate: the field and the rule.
+//! - [`status`]: the canonical names of gRPC codes, for metrics and messages.
 //!
 //! ## Example
 //!
@@ -37,12 +38,14 @@ pub mod gateway;
 pub mod key;
 pub mod policy;
 pub mod request;
+pub mod status;
 
 pub use duration::{DurationError, GatewayDuration};
 pub use error::ValidationError;
 pub use gateway::SessionPersistence;
 pub use key::{ClientKey, Family, Masks};
 pub use policy::Policy;
+pub use status::code_name;
 
 /// Generated protobuf messages and gRPC stubs of package `affinity.v1`.
 #[allow(

@@ -306,6 +306,8 @@ impl TryFrom<pb::ListRequest> for List {
 pub struct Watch {
     /// One scope, or `None` for all.
     pub scope: Option<String>,
+    /// Replay from this revision (0: from now on).
+    pub start_revision: u64,
 }
 
 impl TryFrom<pb::WatchRequest> for Watch {
@@ -314,6 +316,7 @@ impl TryFrom<pb::WatchRequest> for Watch {
     fn try_from(req: pb::WatchRequest) -> Result<Self, Self::Error> {
         Ok(Self {
             scope: optional_scope(req.scope)?,
+            start_revision: req.start_revision,
         })
     }
 }
@@ -485,11 +488,14 @@ mod tests {
         assert_eq!(err.field, "scope");
         assert_eq!(
             Watch::try_from(pb::WatchRequest {
-                scope: String::new()
+                scope: String::new(),
+                start_revision: 7,
             })
-            .unwrap()
-            .scope,
-            None
+            .unwrap(),
+            Watch {
+                scope: None,
+                start_revision: 7
+            }
         );
         let err = DrainEndpoint::try_from(pb::DrainEndpointRequest {
             scope: "s".into(),

@@ -37,6 +37,9 @@ pub enum ServiceError {
     /// The request is larger than this node accepts. (RESOURCE_EXHAUSTED)
     #[error("{0}")]
     TooLarge(String),
+    /// The request asks for history this node no longer has. (OUT_OF_RANGE)
+    #[error("{0}")]
+    OutOfRange(String),
     /// A stream could not keep up and was ended; the caller must start over. (ABORTED)
     #[error("{0}")]
     Aborted(String),

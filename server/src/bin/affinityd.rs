@@ -113,6 +113,9 @@ struct NodeArgs {
     /// Changes a Watch subscriber may fall behind before its stream ends. [default: 16384]
     #[arg(long, global = true, env = "AFFINITY_WATCH_BUFFER")]
     watch_buffer: Option<usize>,
+    /// Recent events kept so that a broken Watch can resume. [default: 65536]
+    #[arg(long, global = true, env = "AFFINITY_WATCH_HISTORY")]
+    watch_history: Option<usize>,
 }
 
 #[derive(Clone, Copy, ValueEnum, Deserialize, PartialEq, Eq)]
@@ -142,6 +145,7 @@ struct FileArgs {
     proposal_timeout: Option<GatewayDuration>,
     shutdown_grace: Option<GatewayDuration>,
     watch_buffer: Option<usize>,
+    watch_history: Option<usize>,
 }
 
 /// Settings after layering, plus what only the binary uses.
@@ -212,6 +216,10 @@ fn layer(args: NodeArgs) -> Result<Settings, String> {
         .raft_snapshot_threshold
         .or(file.raft_snapshot_threshold)
         .unwrap_or(config.raft.snapshot_threshold);
+    config.storage.watch_history = args
+        .watch_history
+        .or(file.watch_history)
+        .unwrap_or(config.storage.watch_history);
     config.storage.watch_buffer = args
         .watch_buffer
         .or(file.watch_buffer)

@@ -15,7 +15,7 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::call::serve;
-use super::status::invalid;
+use super::status::{REVISION_METADATA, invalid};
 use super::{CLIENT_MAX_MESSAGE_BYTES, Ctx, watch};
 use crate::clock;
 use crate::error::ServiceError;
@@ -75,7 +75,7 @@ impl Affinity for AffinityService {
         &self,
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
-        serve("Resolve", &self.ctx.metrics, request, async |call, wire| {
+        serve("Resolve", &self.ctx, request, async |call, wire| {
             let spare = self.ctx.spare(&wire);
             let checked = request::Resolve::try_from(wire).map_err(invalid)?;
             call.record_key(&checked.scope, &checked.key);
@@ -108,7 +108,7 @@ impl Affinity for AffinityService {
         &self,
         request: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
-        serve("Lookup", &self.ctx.metrics, request, async |call, wire| {
+        serve("Lookup", &self.ctx, request, async |call, wire| {
             let spare = self.ctx.spare(&wire);
             let checked = request::Lookup::try_from(wire).map_err(invalid)?;
             call.record_key(&checked.scope, &checked.key);
@@ -135,32 +135,27 @@ impl Affinity for AffinityService {
         &self,
         request: Request<pb::ReassignRequest>,
     ) -> Result<Response<pb::ReassignResponse>, Status> {
-        serve(
-            "Reassign",
-            &self.ctx.metrics,
-            request,
-            async |call, wire| {
-                let spare = self.ctx.spare(&wire);
-                let checked = request::Reassign::try_from(wire).map_err(invalid)?;
-                call.record_key(&checked.scope, &checked.key);
-                let answer = |outcome| match outcome {
-                    Outcome::Reassigned { lease, swapped } => Ok(pb::ReassignResponse {
-                        lease: lease.as_ref().map(crate::sm::Lease::to_pb),
-                        swapped,
-                    }),
-                    other => Err(unexpected(&other)),
-                };
-                self.ctx
-                    .propose_or_forward(
-                        call,
-                        Op::reassign(checked),
-                        spare,
-                        answer,
-                        |channel, req| async move { client(channel).reassign(req).await },
-                    )
-                    .await
-            },
-        )
+        serve("Reassign", &self.ctx, request, async |call, wire| {
+            let spare = self.ctx.spare(&wire);
+            let checked = request::Reassign::try_from(wire).map_err(invalid)?;
+            call.record_key(&checked.scope, &checked.key);
+            let answer = |outcome| match outcome {
+                Outcome::Reassigned { lease, swapped } => Ok(pb::ReassignResponse {
+                    lease: lease.as_ref().map(crate::sm::Lease::to_pb),
+                    swapped,
+                }),
+                other => Err(unexpected(&other)),
+            };
+            self.ctx
+                .propose_or_forward(
+                    call,
+                    Op::reassign(checked),
+                    spare,
+                    answer,
+                    |channel, req| async move { client(channel).reassign(req).await },
+                )
+                .await
+        })
         .await
     }
 
@@ -168,7 +163,7 @@ impl Affinity for AffinityService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        serve("Release", &self.ctx.metrics, request, async |call, wire| {
+        serve("Release", &self.ctx, request, async |call, wire| {
             let spare = self.ctx.spare(&wire);
             let checked = request::Release::try_from(wire).map_err(invalid)?;
             call.record_key(&checked.scope, &checked.key);
@@ -193,30 +188,25 @@ impl Affinity for AffinityService {
         &self,
         request: Request<pb::DrainEndpointRequest>,
     ) -> Result<Response<pb::DrainEndpointResponse>, Status> {
-        serve(
-            "DrainEndpoint",
-            &self.ctx.metrics,
-            request,
-            async |call, wire| {
-                let spare = self.ctx.spare(&wire);
-                let checked = request::DrainEndpoint::try_from(wire).map_err(invalid)?;
-                call.span()
-                    .record("scope", checked.scope.as_deref().unwrap_or("*"));
-                let op = Op::DrainEndpoint {
-                    scope: checked.scope,
-                    endpoint: checked.endpoint,
-                };
-                let answer = |outcome| match outcome {
-                    Outcome::Drained(removed) => Ok(pb::DrainEndpointResponse { removed }),
-                    other => Err(unexpected(&other)),
-                };
-                self.ctx
-                    .propose_or_forward(call, op, spare, answer, |channel, req| async move {
-                        client(channel).drain_endpoint(req).await
-                    })
-                    .await
-            },
-        )
+        serve("DrainEndpoint", &self.ctx, request, async |call, wire| {
+            let spare = self.ctx.spare(&wire);
+            let checked = request::DrainEndpoint::try_from(wire).map_err(invalid)?;
+            call.span()
+                .record("scope", checked.scope.as_deref().unwrap_or("*"));
+            let op = Op::DrainEndpoint {
+                scope: checked.scope,
+                endpoint: checked.endpoint,
+            };
+            let answer = |outcome| match outcome {
+                Outcome::Drained(removed) => Ok(pb::DrainEndpointResponse { removed }),
+                other => Err(unexpected(&other)),
+            };
+            self.ctx
+                .propose_or_forward(call, op, spare, answer, |channel, req| async move {
+                    client(channel).drain_endpoint(req).await
+                })
+                .await
+        })
         .await
     }
 
@@ -224,7 +214,7 @@ impl Affinity for AffinityService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
-        serve("List", &self.ctx.metrics, request, async |call, wire| {
+        serve("List", &self.ctx, request, async |call, wire| {
             let spare = self.ctx.spare(&wire);
             let checked = request::List::try_from(wire).map_err(invalid)?;
             let after = if checked.page_token.is_empty() {
@@ -270,17 +260,26 @@ impl Affinity for AffinityService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        serve("Watch", &self.ctx.metrics, request, async |call, wire| {
+        let answer = serve("Watch", &self.ctx, request, async |call, wire| {
             let checked = request::Watch::try_from(wire).map_err(invalid)?;
-            call.span()
-                .record("scope", checked.scope.as_deref().unwrap_or("*"));
-            Ok(watch::stream(
-                self.ctx.node.state().subscribe(),
-                checked.scope,
-                self.ctx.shutdown.clone(),
-            ))
+            call.span().record("scope", checked.scope.as_deref().unwrap_or("*"));
+            let start = checked.start_revision;
+            let subscription = self.ctx.node.state().subscribe(start).map_err(|floor| {
+                Status::from(ServiceError::OutOfRange(format!(
+                    "start_revision {start} is older than this node's change history, which begins at revision {floor}; re-read with List and watch from now"
+                )))
+            })?;
+            let since = subscription.since;
+            Ok((watch::stream(subscription, checked.scope, self.ctx.shutdown.clone()), since))
         })
-        .await
+        .await?;
+        let (metadata, (stream, since), extensions) = answer.into_parts();
+        let mut response = Response::from_parts(metadata, stream, extensions);
+        response.metadata_mut().insert(
+            REVISION_METADATA,
+            tonic::metadata::MetadataValue::from(since),
+        );
+        Ok(response)
     }
 }
 

@@ -136,7 +136,7 @@ impl Call {
             Err(status) => status.code(),
         };
         self.metrics.observe(self.rpc, code, elapsed);
-        let name = crate::metrics::code_name(code);
+        let name = affinity_proto::code_name(code);
         self.span.record("code", name);
         self.span.record(
             "latency_us",
@@ -158,18 +158,29 @@ impl Call {
 }
 
 /// Serve one unary call: start its bookkeeping, run `body` inside the call's span, and
-/// record how it ended.
+/// record how it ended. A successful answer names the leader this node knows of in
+/// `affinity-leader`, so that clients can go there directly next time.
 pub async fn serve<Req, Resp>(
     rpc: &'static str,
-    metrics: &Arc<Metrics>,
+    ctx: &super::Ctx,
     request: tonic::Request<Req>,
     body: impl AsyncFnOnce(&Call, Req) -> Result<Resp, Status>,
 ) -> Result<tonic::Response<Resp>, Status> {
     use tracing::Instrument;
-    let call = Call::start(rpc, request.metadata(), metrics);
+    let call = Call::start(rpc, request.metadata(), &ctx.metrics);
     let span = call.span().clone();
     let result = body(&call, request.into_inner()).instrument(span).await;
-    call.finish(result).map(tonic::Response::new)
+    call.finish(result).map(|answer| {
+        let mut response = tonic::Response::new(answer);
+        if let Some((_, Some(address))) = ctx.node.leader()
+            && let Ok(value) = tonic::metadata::MetadataValue::try_from(address.as_str())
+        {
+            response
+                .metadata_mut()
+                .insert(super::status::LEADER_METADATA, value);
+        }
+        response
+    })
 }
 
 #[cfg(test)]

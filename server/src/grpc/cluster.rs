@@ -44,7 +44,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::StatusRequest>,
     ) -> Result<Response<pb::StatusResponse>, Status> {
-        serve("Status", &self.ctx.metrics, request, async |_, _| {
+        serve("Status", &self.ctx, request, async |_, _| {
             Ok(self.ctx.node.status().to_pb())
         })
         .await
@@ -54,33 +54,28 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::AddLearnerRequest>,
     ) -> Result<Response<pb::AddLearnerResponse>, Status> {
-        serve(
-            "AddLearner",
-            &self.ctx.metrics,
-            request,
-            async |call, wire| {
-                let budget = call.budget(self.ctx.node.proposal_timeout());
-                let work = async {
-                    let node = &self.ctx.node;
-                    let index = node
-                        .add_learner(wire.node_id, wire.address.clone(), wire.blocking, budget)
-                        .await?;
-                    Ok(pb::AddLearnerResponse {
-                        log_index: index,
-                        members: self.members(),
-                    })
-                };
-                self.ctx
-                    .here_or_leader(
-                        call,
-                        budget,
-                        Some(wire.clone()),
-                        work,
-                        |channel, req| async move { client(channel).add_learner(req).await },
-                    )
-                    .await
-            },
-        )
+        serve("AddLearner", &self.ctx, request, async |call, wire| {
+            let budget = call.budget(self.ctx.node.proposal_timeout());
+            let work = async {
+                let node = &self.ctx.node;
+                let index = node
+                    .add_learner(wire.node_id, wire.address.clone(), wire.blocking, budget)
+                    .await?;
+                Ok(pb::AddLearnerResponse {
+                    log_index: index,
+                    members: self.members(),
+                })
+            };
+            self.ctx
+                .here_or_leader(
+                    call,
+                    budget,
+                    Some(wire.clone()),
+                    work,
+                    |channel, req| async move { client(channel).add_learner(req).await },
+                )
+                .await
+        })
         .await
     }
 
@@ -90,7 +85,7 @@ impl Cluster for ClusterService {
     ) -> Result<Response<pb::ChangeMembershipResponse>, Status> {
         serve(
             "ChangeMembership",
-            &self.ctx.metrics,
+            &self.ctx,
             request,
             async |call, wire| {
                 let budget = call.budget(self.ctx.node.proposal_timeout());
@@ -125,27 +120,22 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::TransferLeaderRequest>,
     ) -> Result<Response<pb::TransferLeaderResponse>, Status> {
-        serve(
-            "TransferLeader",
-            &self.ctx.metrics,
-            request,
-            async |call, wire| {
-                let budget = call.budget(self.ctx.node.proposal_timeout());
-                let work = async {
-                    let leader_id = self
-                        .ctx
-                        .node
-                        .transfer_leader(wire.to_node_id, budget)
-                        .await?;
-                    Ok(pb::TransferLeaderResponse { leader_id })
-                };
-                self.ctx
-                    .here_or_leader(call, budget, Some(wire), work, |channel, req| async move {
-                        client(channel).transfer_leader(req).await
-                    })
-                    .await
-            },
-        )
+        serve("TransferLeader", &self.ctx, request, async |call, wire| {
+            let budget = call.budget(self.ctx.node.proposal_timeout());
+            let work = async {
+                let leader_id = self
+                    .ctx
+                    .node
+                    .transfer_leader(wire.to_node_id, budget)
+                    .await?;
+                Ok(pb::TransferLeaderResponse { leader_id })
+            };
+            self.ctx
+                .here_or_leader(call, budget, Some(wire), work, |channel, req| async move {
+                    client(channel).transfer_leader(req).await
+                })
+                .await
+        })
         .await
     }
 
@@ -153,7 +143,7 @@ impl Cluster for ClusterService {
         &self,
         request: Request<pb::SnapshotRequest>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
-        serve("Snapshot", &self.ctx.metrics, request, async |call, _| {
+        serve("Snapshot", &self.ctx, request, async |call, _| {
             // Building a large snapshot may take longer than a write.
             let budget = call.budget(
                 self.ctx

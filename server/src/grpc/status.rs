@@ -11,6 +11,9 @@ use crate::error::ServiceError;
 pub const LEADER_METADATA: &str = "affinity-leader";
 /// Metadata key: the node id of that leader.
 pub const LEADER_ID_METADATA: &str = "affinity-leader-id";
+/// Metadata key: on a `Watch` answer, the newest revision published before the stream's live
+/// part; a client that resumes from it (`start_revision`) misses no change.
+pub const REVISION_METADATA: &str = "affinity-revision";
 /// Metadata key: set by a node that forwards a request to the leader (one hop only).
 pub const FORWARDED_METADATA: &str = "affinity-forwarded-by";
 
@@ -41,6 +44,7 @@ impl From<ServiceError> for Status {
             ServiceError::NotFound(_) => Status::not_found(message),
             ServiceError::FailedPrecondition(_) => Status::failed_precondition(message),
             ServiceError::TooLarge(_) => Status::resource_exhausted(message),
+            ServiceError::OutOfRange(_) => Status::out_of_range(message),
             ServiceError::Aborted(_) => Status::aborted(message),
             ServiceError::Internal(_) => Status::internal(message),
         }
@@ -85,6 +89,7 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (ServiceError::TooLarge("x".into()), Code::ResourceExhausted),
+            (ServiceError::OutOfRange("x".into()), Code::OutOfRange),
             (ServiceError::Aborted("x".into()), Code::Aborted),
             (ServiceError::Internal("x".into()), Code::Internal),
         ];

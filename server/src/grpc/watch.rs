@@ -1,4 +1,5 @@
-//! The `Watch` stream: this node's applied changes, filtered by scope, in log order.
+//! The `Watch` stream: this node's applied changes, filtered by scope, in log order,
+//! optionally preceded by a replay of recent history (resumption after a broken stream).
 //!
 //! A subscriber that falls too far behind (the change buffer overflows) is ended with
 //! ABORTED; so is every subscriber when the node replaces its whole state with a snapshot,
@@ -15,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::error::ServiceError;
-use crate::store::Change;
+use crate::sm::Event;
+use crate::store::{Change, Subscription};
 
 /// What `Watch` returns.
 pub type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
@@ -28,16 +30,22 @@ struct State {
     ended: bool,
 }
 
-/// The stream of changes after now, in `scope` or all scopes.
+/// The stream of `subscription`'s replay then live changes, in `scope` or all scopes.
 pub fn stream(
-    changes: broadcast::Receiver<Change>,
+    subscription: Subscription,
     scope: Option<String>,
     shutdown: CancellationToken,
 ) -> WatchStream {
+    let pending = subscription
+        .replay
+        .iter()
+        .filter(|e| scope.as_deref().is_none_or(|s| *e.lease.scope == *s))
+        .map(Event::to_pb)
+        .collect();
     let state = State {
-        changes,
+        changes: subscription.live,
         scope,
-        pending: VecDeque::new(),
+        pending,
         shutdown,
         ended: false,
     };
@@ -63,7 +71,7 @@ pub fn stream(
                     let wanted = events
                         .iter()
                         .filter(|e| st.scope.as_deref().is_none_or(|s| *e.lease.scope == *s));
-                    st.pending.extend(wanted.map(crate::sm::Event::to_pb));
+                    st.pending.extend(wanted.map(Event::to_pb));
                 }
                 Ok(Change::Replaced { last_log_index }) => {
                     st.ended = true;

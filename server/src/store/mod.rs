@@ -13,6 +13,7 @@
 //!
 //! This layer knows the state machine and sled; it knows nothing of gRPC.
 
+pub mod changes;
 pub mod durable;
 pub mod log;
 pub mod snapshots;
@@ -24,10 +25,11 @@ use std::path::{Path, PathBuf};
 use affinity_proto::pb;
 use prost::Message;
 
+pub use changes::{Change, Changes, Subscription};
 pub use durable::{FlushStats, Flusher, SyncMode};
 pub use log::LogStore;
 pub use snapshots::{SnapshotData, SnapshotStore};
-pub use state::{Change, StateMachineStore};
+pub use state::StateMachineStore;
 
 /// Layout version of a data directory written by this build.
 pub const DATA_VERSION: u32 = 1;
@@ -94,6 +96,8 @@ pub struct StoreOptions {
     pub cache_capacity_bytes: u64,
     /// Applied changes a `Watch` subscriber may fall behind before its stream is ended.
     pub watch_buffer: usize,
+    /// Recent events kept so that a broken `Watch` can resume from its last revision.
+    pub watch_history: usize,
 }
 
 impl Default for StoreOptions {
@@ -102,6 +106,7 @@ impl Default for StoreOptions {
             sync: SyncMode::Fsync,
             cache_capacity_bytes: 64 * 1024 * 1024,
             watch_buffer: 16 * 1024,
+            watch_history: 64 * 1024,
         }
     }
 }
@@ -175,7 +180,10 @@ pub fn open(dir: &Path, options: &StoreOptions) -> Result<Storage, StoreError> {
     log.finish_interrupted_purge().map_err(io_err)?;
     let snapshots =
         SnapshotStore::open(dir.join("snapshots"), meta_tree, flusher.clone()).map_err(io_err)?;
-    let state = StateMachineStore::new(snapshots, options.watch_buffer);
+    let state = StateMachineStore::new(
+        snapshots,
+        Changes::new(options.watch_buffer, options.watch_history),
+    );
     Ok(Storage {
         log,
         state,

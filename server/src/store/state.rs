@@ -14,25 +14,12 @@ use futures::{Stream, StreamExt};
 use openraft::EntryPayload;
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use parking_lot::RwLock;
-use tokio::sync::broadcast;
 
+use super::changes::{Changes, Subscription};
 use super::snapshots::{CurrentSnapshot, SnapshotData, SnapshotStore};
 use crate::raft::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::sm::snapshot as format;
-use crate::sm::{Event, Lease, LeaseTable, Outcome};
-
-/// A change published to subscribers.
-#[derive(Debug, Clone)]
-pub enum Change {
-    /// The events of one applied log entry (never empty).
-    Applied(Arc<[Event]>),
-    /// The whole state was replaced by a snapshot (a follower catching up); subscribers
-    /// cannot know what changed and must start over.
-    Replaced {
-        /// Log index the new state covers.
-        last_log_index: u64,
-    },
-}
+use crate::sm::{Lease, LeaseTable, Outcome};
 
 struct SmState {
     table: LeaseTable,
@@ -47,7 +34,7 @@ struct Inner {
     installed: AtomicU64,
     /// One snapshot build or install at a time.
     snapshot_lock: tokio::sync::Mutex<()>,
-    changes: broadcast::Sender<Change>,
+    changes: Changes,
 }
 
 /// Snapshots built and installed since start.
@@ -77,10 +64,8 @@ pub struct StateMachineStore {
 }
 
 impl StateMachineStore {
-    /// A state machine whose subscribers may fall `change_buffer` changes behind before they
-    /// are told they lagged.
-    pub(crate) fn new(snapshots: SnapshotStore, change_buffer: usize) -> Self {
-        let (changes, _) = broadcast::channel(change_buffer.max(1));
+    /// A state machine whose change feed is `changes`.
+    pub(crate) fn new(snapshots: SnapshotStore, changes: Changes) -> Self {
         Self {
             inner: Arc::new(Inner {
                 state: RwLock::new(SmState {
@@ -137,14 +122,15 @@ impl StateMachineStore {
         self.inner.state.read().table.clone()
     }
 
-    /// Receive every change applied from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
-        self.inner.changes.subscribe()
+    /// Receive every change from revision `start` on (0: from now on); `Err(floor)` when
+    /// this node's history no longer reaches back to `start`.
+    pub fn subscribe(&self, start: u64) -> Result<Subscription, u64> {
+        self.inner.changes.subscribe(start)
     }
 
     /// Current subscribers.
     pub fn subscriber_count(&self) -> usize {
-        self.inner.changes.receiver_count()
+        self.inner.changes.subscriber_count()
     }
 
     /// The snapshot folder.
@@ -251,11 +237,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 responder.send(outcome);
             }
             if !events.is_empty() {
-                // No subscriber is not an error.
-                let _ = self
-                    .inner
-                    .changes
-                    .send(Change::Applied(Arc::from(std::mem::take(&mut events))));
+                self.inner.changes.publish(std::mem::take(&mut events));
             }
         }
         Ok(())
@@ -320,9 +302,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             state.membership = meta.last_membership.clone();
         }
         self.inner.installed.fetch_add(1, Ordering::Relaxed);
-        let _ = self.inner.changes.send(Change::Replaced {
-            last_log_index: meta.last_log_id.as_ref().map_or(0, LogId::index),
-        });
+        self.inner
+            .changes
+            .reset(meta.last_log_id.as_ref().map_or(0, LogId::index));
         tracing::info!(last_log_id = ?meta.last_log_id, leases, "snapshot installed");
         Ok(())
     }

@@ -217,6 +217,7 @@ async fn every_bad_field_is_refused_by_name_and_nothing_is_stored() {
         assert_invalid(
             c.watch(pb::WatchRequest {
                 scope: "\u{1b}[31m".into(),
+                ..Default::default()
             })
             .await,
             "scope",

@@ -104,6 +104,7 @@ async fn expiry_is_absolute_end_to_end() {
         .client(3)
         .watch(pb::WatchRequest {
             scope: "ns/exp/0".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -201,6 +202,7 @@ async fn replacement_cas_drain_list_and_watch_in_order() {
         .client(2)
         .watch(pb::WatchRequest {
             scope: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -233,6 +233,7 @@ async fn a_watcher_that_falls_behind_is_ended_with_a_clear_status() {
     let mut watch = pb::affinity_client::AffinityClient::new(channel)
         .watch(pb::WatchRequest {
             scope: String::new(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -314,4 +315,61 @@ async fn a_message_over_the_size_limit_is_refused() {
         .unwrap()
         .into_inner();
     assert!(ok.created);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_resumes_from_a_revision_while_history_reaches_back() {
+    let options = ClusterOptions {
+        nodes: 1,
+        extra_args: vec!["--watch-history".into(), "4".into()],
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start("watch-resume", options).await;
+    let mut c = cluster.client(1);
+    let mut revisions = Vec::new();
+    for i in 0..10u32 {
+        let resp = c
+            .resolve(resolve("ns/h/0", &format!("10.{i}.0.1"), "a:80", MINUTE))
+            .await
+            .unwrap()
+            .into_inner();
+        revisions.push(resp.lease.unwrap().revision);
+    }
+    // Recent enough: the stream replays from there, then follows.
+    let recent = revisions[8];
+    let mut replay = c
+        .watch(pb::WatchRequest {
+            scope: String::new(),
+            start_revision: recent,
+        })
+        .await
+        .unwrap();
+    let since: u64 = replay
+        .metadata()
+        .get("affinity-revision")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(since, revisions[9]);
+    let stream = replay.get_mut();
+    for want in &revisions[8..] {
+        let event = stream.message().await.unwrap().unwrap();
+        assert_eq!(event.revision, *want);
+    }
+    // Too old: the node says how far its history reaches.
+    let status = c
+        .watch(pb::WatchRequest {
+            scope: String::new(),
+            start_revision: revisions[0],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+    assert!(
+        status.message().contains("begins at revision"),
+        "{}",
+        status.message()
+    );
 }

@@ -130,6 +130,9 @@ enum Cmd {
         /// Exit after this many events.
         #[arg(long)]
         count: Option<usize>,
+        /// First replay the changes from this revision on (as far as the node remembers).
+        #[arg(long, default_value_t = 0)]
+        from_revision: u64,
     },
     /// Show every node of the cluster.
     Status,
@@ -543,10 +546,12 @@ async fn watch(
     ctl: &Ctl,
     scope: Option<String>,
     count: Option<usize>,
+    from_revision: u64,
     as_json: bool,
 ) -> Result<(), Status> {
     let req = pb::WatchRequest {
         scope: scope.unwrap_or_default(),
+        start_revision: from_revision,
     };
     let mut stream = ctl
         .affinity(|mut c| {
@@ -607,7 +612,13 @@ fn main() -> ExitCode {
     let as_json = cli.json;
     let result = runtime.block_on(async {
         match cli.command {
-            Cmd::Watch { scope, count } => watch(&ctl, scope, count, as_json).await.map(|()| None),
+            Cmd::Watch {
+                scope,
+                count,
+                from_revision,
+            } => watch(&ctl, scope, count, from_revision, as_json)
+                .await
+                .map(|()| None),
             other => run(&ctl, other).await.map(Some),
         }
     });
@@ -622,7 +633,7 @@ fn main() -> ExitCode {
         }
         Ok(None) => ExitCode::SUCCESS,
         Err(status) => {
-            let code = affinity_server::metrics::code_name(status.code());
+            let code = affinity_proto::code_name(status.code());
             match status
                 .metadata()
                 .get("affinity-leader")
