@@ -1,15 +1,90 @@
 //! # affinity-client
 //!
-//! What a gateway data plane links in to share sticky client-IP decisions with its peers.
+//! What a gateway data plane links in so that all its replicas send a client IP (or a subnet
+//! of them) to the same backend: Gateway API client-IP session persistence (GEP-3798) shared
+//! through the affinity store.
 //!
-//! Today this crate re-exports the pieces a gateway needs to talk to the store with one
-//! implementation of the rules shared with the server: [`Policy`] (including
-//! [`Policy::from_session_persistence`] for a Gateway API `sessionPersistence` block),
-//! [`ClientKey`] masking, request validation, and the generated gRPC client
-//! [`pb::affinity_client::AffinityClient`]. The caching client with leader tracking,
-//! request coalescing and fail-open fallback is built on these.
+//! - **Hot path**: [`AffinityClient::cached`] answers from a local cache of leases:
+//!   synchronous, lock-free, no allocation on a hit. A lease is exact until its absolute
+//!   expiry, so a cached decision needs no round trip; the store's `Watch` stream updates or
+//!   drops entries as soon as a lease is replaced, released, drained or expired.
+//! - **Cold path**: [`AffinityClient::resolve`] asks the store on a miss (first writer wins:
+//!   every replica gets the same answer), with the healthy endpoints as `eligible` so a lease
+//!   on a dead backend is replaced. Concurrent misses for one key share one request. Retries
+//!   follow the leader, with backoff and jitter, inside the request deadline.
+//! - **Fail-open**: when the store cannot answer in time, `resolve` returns a
+//!   [`Source::Fallback`] decision by rendezvous hashing of the client's prefix over the
+//!   eligible endpoints: the same choice on every replica, no coordination needed. After a
+//!   failure the store is skipped for a short, growing cool-off, so a dead store costs one
+//!   deadline, not one per request. [`FailMode::Closed`] returns the error instead.
+//! - **Policy**: [`Policy`] and [`ClientKey`] come from `affinity-proto`, the same code the
+//!   store runs; [`gateway`] reads a route rule's `sessionPersistence` block.
+//! - **Metrics** through the [`metrics`] facade (the host chooses the exporter):
+//!   `affinity_client_cache_hits_total`, `_cache_misses_total`, `_fallbacks_total`,
+//!   `_rpc_duration_seconds{rpc}`, `_rpc_errors_total{rpc,code}`, `_watch_reconnects_total`.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use std::net::IpAddr;
+//! use std::time::Duration;
+//!
+//! use affinity_client::{AffinityClient, Source, gateway};
+//!
+//! # async fn route(peer: IpAddr) -> Result<(), Box<dyn std::error::Error>> {
+//! // Once, at start (inside a Tokio runtime):
+//! let client = AffinityClient::builder()
+//!     .endpoints(["affinity-0.affinity-peers:7400", "affinity-1.affinity-peers:7400"])
+//!     .request_timeout(Duration::from_millis(500))
+//!     .build()?;
+//! // Per route rule, from its Gateway API `sessionPersistence` block:
+//! let policy = gateway::policy_from_yaml("type: ClientIP\nabsoluteTimeout: 30m\nipMask: 24\n")?;
+//! let scope = "default/web/0"; // namespace/route/rule-index
+//!
+//! // Per request: the healthy backends, then the cache, then the store.
+//! let healthy = vec!["10.4.0.17:8080".to_string(), "10.4.0.18:8080".to_string()];
+//! let backend = match client.cached(scope, peer, &policy) {
+//!     Some(endpoint) if healthy.iter().any(|h| *h == *endpoint) => endpoint,
+//!     _ => {
+//!         let proposal = &healthy[0]; // what this replica would pick on its own
+//!         let decision = client.resolve(scope, peer, &policy, proposal, &healthy).await?;
+//!         if decision.source == Source::Fallback {
+//!             // The store is away; every replica still picks the same backend.
+//!         }
+//!         decision.endpoint
+//!     }
+//! };
+//! println!("send {peer} to {backend}");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A complete, minimal HTTP reverse proxy built on this crate is in
+//! `client/examples/hyper_proxy.rs`.
+//!
+//! ## Layout
+//!
+//! - [`client`]: [`AffinityClient`], its [`Builder`], [`Decision`] and the cold path;
+//! - `cache`: the lock-free lease cache;
+//! - `transport`: channels to every node, leader tracking, retries;
+//! - `watch`: the `Watch` stream that keeps the cache current;
+//! - [`fallback`]: rendezvous hashing;
+//! - [`gateway`]: Gateway API configuration;
+//! - [`error`]: the one error type, [`ClientError`].
+
+mod cache;
+pub mod client;
+pub mod endpoint;
+pub mod error;
+pub mod fallback;
+pub mod gateway;
+mod transport;
+mod watch;
 
 pub use affinity_proto::{
     ClientKey, Family, GatewayDuration, Masks, Policy, SessionPersistence, ValidationError, pb,
     request,
 };
+pub use client::{AffinityClient, Builder, Decision, FailMode, Source};
+pub use endpoint::Endpoint;
+pub use error::ClientError;

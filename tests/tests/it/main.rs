@@ -7,6 +7,8 @@
 //!   absolute expiry, every kind of change.
 //! - `cluster_faults`: killed leaders, full restarts, membership changes.
 //! - `bad_input`: every rule of every field, and garbage on the wire.
+//! - `client`: `affinity-client` against a cluster: shared decisions, cache, watch, expiry,
+//!   coalescing, failover, fallback.
 //! - `ctl`: every `affinityctl` command against a cluster.
 //! - `service`: health, reflection, leader hints, deadlines without a quorum, slow watchers,
 //!   oversized messages.
@@ -16,6 +18,7 @@
 
 mod agreement;
 mod bad_input;
+mod client;
 mod cluster_basics;
 mod cluster_faults;
 mod contract;

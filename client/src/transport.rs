@@ -1,0 +1,213 @@
+//! Talking to the store: one lazily connected channel per node, the leader tracked from the
+//! `affinity-leader` metadata of answers, and retries with backoff and jitter inside the
+//! call's deadline.
+//!
+//! UNAVAILABLE is retried (on the hinted leader, else the next node); INVALID_ARGUMENT is
+//! never retried; other errors end the call. Every attempt carries the remaining deadline as
+//! its gRPC timeout.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use affinity_proto::pb::affinity_client::AffinityClient;
+use affinity_proto::{ValidationError, code_name};
+use tonic::transport::{Channel, Endpoint as TonicEndpoint};
+use tonic::{Code, Status};
+
+use crate::error::ClientError;
+
+/// Metadata key naming the leader's address, set by the store on its answers.
+pub const LEADER_METADATA: &str = "affinity-leader";
+/// Metadata key of a `Watch` answer: resuming from this revision misses no change.
+pub const REVISION_METADATA: &str = "affinity-revision";
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_millis(500);
+
+struct Node {
+    address: String,
+    client: AffinityClient<Channel>,
+}
+
+/// The store's nodes.
+pub(crate) struct Nodes {
+    nodes: Vec<Node>,
+    /// Index of the node tried first: the last known leader.
+    preferred: AtomicUsize,
+}
+
+impl Nodes {
+    pub fn new(addresses: &[String], connect_timeout: Duration) -> Result<Self, ClientError> {
+        if addresses.is_empty() {
+            return Err(ClientError::Config("no store endpoints given".into()));
+        }
+        let nodes = addresses
+            .iter()
+            .map(|address| {
+                let channel = TonicEndpoint::from_shared(format!("http://{address}"))
+                    .map_err(|e| ClientError::Config(format!("endpoint {address:?}: {e}")))?
+                    .connect_timeout(connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(10))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .keep_alive_while_idle(true)
+                    .connect_lazy();
+                Ok(Node {
+                    address: address.clone(),
+                    client: AffinityClient::new(channel),
+                })
+            })
+            .collect::<Result<Vec<_>, ClientError>>()?;
+        Ok(Self {
+            nodes,
+            preferred: AtomicUsize::new(0),
+        })
+    }
+
+    /// Prefer the node at `address`, if it is one of ours.
+    fn follow(&self, address: &str) {
+        if let Some(i) = self.nodes.iter().position(|n| n.address == address) {
+            self.preferred.store(i, Ordering::Relaxed);
+        }
+    }
+
+    fn leader_hint(&self, metadata: &tonic::metadata::MetadataMap) {
+        if let Some(address) = metadata.get(LEADER_METADATA).and_then(|v| v.to_str().ok()) {
+            self.follow(address);
+        }
+    }
+
+    /// A client of any node, for streams (the preferred one).
+    pub fn any(&self) -> (usize, AffinityClient<Channel>) {
+        let i = self.preferred.load(Ordering::Relaxed) % self.nodes.len();
+        (i, self.nodes[i].client.clone())
+    }
+
+    /// A client of the node after `i`.
+    pub fn next(&self, i: usize) -> (usize, AffinityClient<Channel>) {
+        let j = (i + 1) % self.nodes.len();
+        (j, self.nodes[j].client.clone())
+    }
+
+    /// Run one RPC until it succeeds, fails for good, or `deadline` passes.
+    pub async fn call<T, F, Fut>(
+        &self,
+        rpc: &'static str,
+        deadline: Instant,
+        f: F,
+    ) -> Result<T, ClientError>
+    where
+        F: Fn(AffinityClient<Channel>, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let started = Instant::now();
+        let mut backoff = FIRST_BACKOFF;
+        let mut index = self.preferred.load(Ordering::Relaxed) % self.nodes.len();
+        let mut last = String::from("no attempt was made before the deadline");
+        loop {
+            let Some(remaining) = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+            else {
+                return Err(ClientError::Unavailable { message: last });
+            };
+            let client = self.nodes[index].client.clone();
+            let answer = tokio::time::timeout(remaining, f(client, remaining)).await;
+            match answer {
+                Ok(Ok(response)) => {
+                    self.leader_hint(response.metadata());
+                    metrics::histogram!("affinity_client_rpc_duration_seconds", "rpc" => rpc)
+                        .record(started.elapsed().as_secs_f64());
+                    return Ok(response.into_inner());
+                }
+                Ok(Err(status)) => {
+                    metrics::counter!("affinity_client_rpc_errors_total", "rpc" => rpc, "code" => code_name(status.code()))
+                        .increment(1);
+                    match status.code() {
+                        Code::InvalidArgument => return Err(invalid(&status)),
+                        Code::Unavailable
+                        | Code::DeadlineExceeded
+                        | Code::Cancelled
+                        | Code::Unknown => {
+                            last = format!("{}: {}", self.nodes[index].address, status.message());
+                            let hinted = status
+                                .metadata()
+                                .get(LEADER_METADATA)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|a| self.nodes.iter().position(|n| n.address == a));
+                            index = match hinted {
+                                Some(leader) if leader != index => {
+                                    self.preferred.store(leader, Ordering::Relaxed);
+                                    leader
+                                }
+                                _ => (index + 1) % self.nodes.len(),
+                            };
+                        }
+                        other => {
+                            return Err(ClientError::Refused {
+                                code: code_name(other).to_string(),
+                                message: status.message().to_string(),
+                            });
+                        }
+                    }
+                }
+                Err(_) => {
+                    metrics::counter!("affinity_client_rpc_errors_total", "rpc" => rpc, "code" => "DEADLINE_EXCEEDED")
+                        .increment(1);
+                    last = format!(
+                        "{}: no answer before the deadline",
+                        self.nodes[index].address
+                    );
+                    index = (index + 1) % self.nodes.len();
+                }
+            }
+            // Full jitter: a uniform pause up to the current backoff, never past the deadline.
+            let pause = backoff.mul_f64(fastrand::f64());
+            if Instant::now() + pause >= deadline {
+                return Err(ClientError::Unavailable { message: last });
+            }
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// The store's INVALID_ARGUMENT, back as the field and the rule it named.
+fn invalid(status: &Status) -> ClientError {
+    let message = status.message();
+    let parsed = message
+        .strip_prefix("invalid ")
+        .and_then(|rest| rest.split_once(": "))
+        .map(|(field, rule)| ValidationError::new(field.to_string(), rule.to_string()));
+    match parsed {
+        Some(e) => ClientError::Invalid(e),
+        None => ClientError::Refused {
+            code: "INVALID_ARGUMENT".into(),
+            message: message.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stores_invalid_argument_names_field_and_rule() {
+        let e = invalid(&Status::invalid_argument(
+            "invalid policy.ipv4_mask: must be 0..=32 (got 40)",
+        ));
+        assert_eq!(
+            e,
+            ClientError::Invalid(ValidationError::new(
+                "policy.ipv4_mask",
+                "must be 0..=32 (got 40)"
+            ))
+        );
+        assert!(matches!(
+            invalid(&Status::invalid_argument("garbled")),
+            ClientError::Refused { .. }
+        ));
+    }
+}
