@@ -83,7 +83,7 @@ impl LeaseCache {
             scopes: HashIndex::with_hasher(hasher()),
             entries: HashIndex::with_capacity_and_hasher(capacity.min(1 << 20), hasher()),
             writes: Mutex::new(BTreeSet::new()),
-            capacity: capacity.max(1),
+            capacity,
         }
     }
 
@@ -136,7 +136,7 @@ impl LeaseCache {
     /// Cache a lease unless a newer revision of the same key is cached. Over capacity, the
     /// entries closest to their end go first.
     pub fn put(&self, scope: &str, key: ClientKey, entry: Entry, now_ms: i64) {
-        if entry.valid_until_ms <= now_ms {
+        if entry.valid_until_ms <= now_ms || self.capacity == 0 {
             return;
         }
         let mut index = self.writes.lock();
@@ -268,6 +268,14 @@ mod tests {
         // Ended entries go on the next write or sweep.
         cache.sweep(35_000);
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn capacity_zero_caches_nothing() {
+        let cache = LeaseCache::new(0);
+        cache.put("s", key("10.0.0.0/24"), entry("a:1", 5_000, 1), 0);
+        assert_eq!(cache.len(), 0);
+        assert!(cache.endpoint("s", key("10.0.0.0/24"), 0).is_none());
     }
 
     #[test]

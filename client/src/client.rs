@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::breaker::{Admission, Breaker, ProbeGuard};
 use crate::cache::{Entry, LeaseCache};
 use crate::endpoint::Endpoint;
 use crate::error::ClientError;
@@ -120,7 +121,8 @@ impl Builder {
         self
     }
 
-    /// Leases cached at most. Default 100,000.
+    /// Leases cached at most. Default 100,000; 0 turns the cache off, so every `resolve`
+    /// asks the store.
     #[must_use]
     pub fn cache_capacity(mut self, capacity: usize) -> Self {
         self.cache_capacity = capacity;
@@ -192,31 +194,6 @@ struct Answer {
 }
 
 type Flight = Shared<BoxFuture<'static, Result<Answer, ClientError>>>;
-
-/// After failures, skip the store for a while (doubling up to 5 s) instead of making every
-/// miss wait for a deadline.
-#[derive(Default)]
-struct Breaker {
-    down_until_ms: AtomicI64,
-    cooldown_ms: AtomicI64,
-}
-
-impl Breaker {
-    fn is_open(&self, now: i64) -> bool {
-        now < self.down_until_ms.load(Ordering::Relaxed)
-    }
-
-    fn failed(&self, now: i64) {
-        let cooldown = (self.cooldown_ms.load(Ordering::Relaxed) * 2).clamp(250, 5_000);
-        self.cooldown_ms.store(cooldown, Ordering::Relaxed);
-        self.down_until_ms.store(now + cooldown, Ordering::Relaxed);
-    }
-
-    fn succeeded(&self) {
-        self.cooldown_ms.store(0, Ordering::Relaxed);
-        self.down_until_ms.store(0, Ordering::Relaxed);
-    }
-}
 
 pub(crate) struct Inner {
     pub nodes: Nodes,
@@ -356,15 +333,19 @@ impl AffinityClient {
         }
         metrics::counter!("affinity_client_cache_misses_total").increment(1);
 
-        if self.inner.breaker.is_open(now) {
-            return self.fall_back(
-                scope,
-                key,
-                proposed,
-                eligible,
-                "the store failed recently; not waiting for it",
-            );
-        }
+        let _probe = match self.inner.breaker.admit(now) {
+            Admission::Ask => ProbeGuard(None),
+            Admission::Probe => ProbeGuard(Some(&self.inner.breaker)),
+            Admission::Skip => {
+                return self.fall_back(
+                    scope,
+                    key,
+                    proposed,
+                    eligible,
+                    "the store failed recently; not waiting for it",
+                );
+            }
+        };
 
         let mut answer = self.shared_resolve(scope, key, wire.clone()).await;
         if let Ok(a) = &answer

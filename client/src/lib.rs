@@ -15,8 +15,10 @@
 //! - **Fail-open**: when the store cannot answer in time, `resolve` returns a
 //!   [`Source::Fallback`] decision by rendezvous hashing of the client's prefix over the
 //!   eligible endpoints: the same choice on every replica, no coordination needed. After a
-//!   failure the store is skipped for a short, growing cool-off, so a dead store costs one
-//!   deadline, not one per request. [`FailMode::Closed`] returns the error instead.
+//!   failure, misses stop waiting for the store for a short, growing cool-off (one request
+//!   at a time still probes it), so a dead store costs one deadline, not one per request,
+//!   and the first answer after it recovers ends the cool-off. [`FailMode::Closed`] returns
+//!   the error instead.
 //! - **Policy**: [`Policy`] and [`ClientKey`] come from `affinity-proto`, the same code the
 //!   store runs; [`gateway`] reads a route rule's `sessionPersistence` block.
 //! - **Metrics** through the [`metrics`] facade (the host chooses the exporter):
@@ -66,12 +68,14 @@
 //!
 //! - [`client`]: [`AffinityClient`], its [`Builder`], [`Decision`] and the cold path;
 //! - `cache`: the lock-free lease cache;
+//! - `breaker`: when to stop waiting for a failing store;
 //! - `transport`: channels to every node, leader tracking, retries;
 //! - `watch`: the `Watch` stream that keeps the cache current;
 //! - [`fallback`]: rendezvous hashing;
 //! - [`gateway`]: Gateway API configuration;
 //! - [`error`]: the one error type, [`ClientError`].
 
+mod breaker;
 mod cache;
 pub mod client;
 pub mod endpoint;

@@ -2,9 +2,10 @@
 //! `affinity-leader` metadata of answers, and retries with backoff and jitter inside the
 //! call's deadline.
 //!
-//! UNAVAILABLE is retried (on the hinted leader, else the next node); INVALID_ARGUMENT is
-//! never retried; other errors end the call. Every attempt carries the remaining deadline as
-//! its gRPC timeout.
+//! UNAVAILABLE and attempts that get no answer in time are retried (on the hinted leader,
+//! else the next node, which later calls then start from); INVALID_ARGUMENT is never
+//! retried; other errors end the call. An attempt may use half of what is left of the
+//! deadline (all of it once that is under 200 ms) and carries that as its gRPC timeout.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -78,6 +79,17 @@ impl Nodes {
         }
     }
 
+    /// The node after `failed`, which becomes the preferred one unless another call has
+    /// already moved on: later calls do not start on a node that just failed (a node cut
+    /// off from its peers may keep accepting connections and never answer).
+    fn move_on(&self, failed: usize) -> usize {
+        let next = (failed + 1) % self.nodes.len();
+        let _ = self
+            .preferred
+            .compare_exchange(failed, next, Ordering::Relaxed, Ordering::Relaxed);
+        next
+    }
+
     /// A client of any node, for streams (the preferred one).
     pub fn any(&self) -> (usize, AffinityClient<Channel>) {
         let i = self.preferred.load(Ordering::Relaxed) % self.nodes.len();
@@ -113,7 +125,8 @@ impl Nodes {
                 return Err(ClientError::Unavailable { message: last });
             };
             let client = self.nodes[index].client.clone();
-            let answer = tokio::time::timeout(remaining, f(client, remaining)).await;
+            let attempt = attempt_budget(remaining);
+            let answer = tokio::time::timeout(attempt, f(client, attempt)).await;
             match answer {
                 Ok(Ok(response)) => {
                     self.leader_hint(response.metadata());
@@ -141,7 +154,7 @@ impl Nodes {
                                     self.preferred.store(leader, Ordering::Relaxed);
                                     leader
                                 }
-                                _ => (index + 1) % self.nodes.len(),
+                                _ => self.move_on(index),
                             };
                         }
                         other => {
@@ -159,7 +172,7 @@ impl Nodes {
                         "{}: no answer before the deadline",
                         self.nodes[index].address
                     );
-                    index = (index + 1) % self.nodes.len();
+                    index = self.move_on(index);
                 }
             }
             // Full jitter: a uniform pause up to the current backoff, never past the deadline.
@@ -170,6 +183,19 @@ impl Nodes {
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
+    }
+}
+
+/// The shortest attempt worth making.
+const MIN_ATTEMPT: Duration = Duration::from_millis(100);
+
+/// How long one attempt may take out of `remaining`: half of it while that leaves room for
+/// another attempt, so a node that never answers costs half the deadline, not all of it.
+fn attempt_budget(remaining: Duration) -> Duration {
+    if remaining >= MIN_ATTEMPT * 2 {
+        remaining / 2
+    } else {
+        remaining
     }
 }
 
@@ -192,6 +218,22 @@ fn invalid(status: &Status) -> ClientError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn attempts_leave_room_for_another_node() {
+        assert_eq!(
+            attempt_budget(Duration::from_millis(1500)),
+            Duration::from_millis(750)
+        );
+        assert_eq!(
+            attempt_budget(Duration::from_millis(200)),
+            Duration::from_millis(100)
+        );
+        assert_eq!(
+            attempt_budget(Duration::from_millis(150)),
+            Duration::from_millis(150)
+        );
+    }
 
     #[test]
     fn the_stores_invalid_argument_names_field_and_rule() {
