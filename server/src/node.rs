@@ -140,6 +140,9 @@ pub struct Node {
     state: StateMachineStore,
     flusher: store::Flusher,
     proposal_timeout: Duration,
+    /// How long a quorum's acknowledgement keeps a leader's authority (openraft's leader
+    /// lease: the maximum election timeout).
+    leader_lease: Duration,
 }
 
 impl Node {
@@ -150,6 +153,7 @@ impl Node {
         peers: Peers,
     ) -> Result<Arc<Node>, StartError> {
         let raft_config = Arc::new(config.openraft()?);
+        let leader_lease = Duration::from_millis(raft_config.election_timeout_max);
         let dir = config.data_dir.clone();
         let options = config.storage.clone();
         let storage = tokio::task::spawn_blocking(move || store::open(&dir, &options))
@@ -172,6 +176,7 @@ impl Node {
             state: storage.state.clone(),
             flusher: storage.flusher.clone(),
             proposal_timeout: config.proposal_timeout,
+            leader_lease,
         };
         node.bootstrap(config, &address, &peers).await?;
         Ok(Arc::new(node))
@@ -543,15 +548,30 @@ impl Node {
 
     /// Whether this node can serve: it knows a leader and has applied the cluster's
     /// committed log, give or take [`READY_MAX_LAG`] entries (so that a healthy follower
-    /// under write load, always a few entries behind, does not flap).
+    /// under write load, always a few entries behind, does not flap). A leader of several
+    /// voters must also have heard from a quorum within its lease: a leader cut off from
+    /// its peers refuses writes, so it should not be in a load balancer's rotation either.
     pub fn is_ready(&self) -> bool {
         let receiver = self.raft.metrics();
         let m = receiver.borrow_watched();
         let index = |id: Option<crate::raft::LogId>| id.map_or(0, |id| id.index());
         let committed = index(m.cluster_committed).max(index(m.local_committed));
+        let voters = m.membership_config.membership().voter_ids().count();
+        let leader_in_touch = m.current_leader != Some(self.id)
+            || voters <= 1
+            || m.last_quorum_acked
+                .as_ref()
+                .is_some_and(|acked| openraft::Instant::elapsed(&**acked) < self.leader_lease);
         m.running_state.is_ok()
             && m.current_leader.is_some()
+            && leader_in_touch
             && committed.saturating_sub(index(m.last_applied)) <= READY_MAX_LAG
+    }
+
+    /// How often readiness must be looked at again even when nothing in Raft changed (a
+    /// leader's quorum contact ages without any metrics update).
+    pub fn readiness_interval(&self) -> Duration {
+        self.leader_lease / 4
     }
 
     /// Stop Raft and close the data directory. Writes fail from here on.

@@ -236,6 +236,7 @@ async fn report_health(node: Arc<Node>, reporter: HealthReporter, stopping: Canc
         tokio::select! {
             () = stopping.cancelled() => return,
             changed = metrics.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(node.readiness_interval()) => {}
         }
     }
 }
