@@ -26,6 +26,24 @@ if [ ${#need[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 
+# The container tests need a Docker engine. Where AFFINITY_REQUIRE_DOCKER=1 (CI) they fail
+# without one, so install it from Debian's packages and start it; elsewhere they skip.
+if [ "${AFFINITY_REQUIRE_DOCKER:-}" = "1" ] && ! docker info >/dev/null 2>&1; then
+  if ! command -v docker >/dev/null 2>&1; then
+    command -v apt-get >/dev/null 2>&1 || { say "docker is missing and there is no apt-get"; exit 1; }
+    say "installing: docker.io"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io
+  fi
+  if ! docker info >/dev/null 2>&1; then
+    say "starting the Docker daemon"
+    as_root service docker start >/dev/null 2>&1 \
+      || as_root sh -c 'nohup dockerd >/var/log/dockerd.log 2>&1 &'
+    for _ in $(seq 1 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  fi
+  docker info >/dev/null 2>&1 || { say "the Docker daemon does not answer"; exit 1; }
+fi
+
 if ! command -v cargo >/dev/null 2>&1 && ! [ -x "$HOME/.cargo/bin/cargo" ]; then
   say "cargo is missing: install a stable Rust toolchain (https://rustup.rs), then rerun"
   exit 1

@@ -19,6 +19,11 @@ pub fn affinityctl() -> PathBuf {
     built().join("affinityctl")
 }
 
+/// The folder holding both binaries (built first if needed).
+pub fn dir() -> &'static Path {
+    built()
+}
+
 fn built() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {

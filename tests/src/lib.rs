@@ -13,8 +13,12 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 pub mod bins;
+pub mod checker;
 pub mod cluster;
+pub mod containers;
+pub mod docker;
 pub mod requests;
 pub mod wait;
+pub mod workload;
 
 pub use cluster::{Cluster, ClusterOptions};

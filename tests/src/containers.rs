@@ -1,0 +1,601 @@
+//! A cluster of `affinityd` containers, and the faults the chaos tests inflict on it.
+//!
+//! Layout, as a Kubernetes StatefulSet would give it: node `i` (id `i + 1`) runs in a
+//! container with hostname `affinity-i`, reachable by its peers as `affinity-i:7400` on the
+//! cluster's private peer network (the headless service), with its data in its own named
+//! volume (the PersistentVolumeClaim). Container, network and volume names carry a prefix
+//! unique to the test run, so runs never collide.
+//!
+//! The test reaches node `i` on a second network that only that node is on (its "access"
+//! network), by the node's address there. Cutting a node off its peers therefore leaves it
+//! reachable by the test: it can observe, and send writes to, a node on the wrong side of
+//! a partition, as a gateway could.
+//!
+//! Each container's output is streamed to `<target>/test-output/chaos/<test>/affinity-i.log`.
+//! Dropping the cluster removes every container, network and volume it made, also when the
+//! test failed (the logs stay, and their folder is printed).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use affinity_proto::pb;
+use affinity_proto::pb::cluster_client::ClusterClient;
+use bollard::Docker;
+use bollard::models::{
+    ContainerCreateBody, EndpointSettings, HostConfig, Mount, MountType, NetworkConnectRequest,
+    NetworkCreateRequest, NetworkDisconnectRequest, NetworkingConfig, VolumeCreateRequest,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, KillContainerOptions, LogsOptions, StopContainerOptions,
+};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+use crate::{bins, docker, wait};
+
+/// The gRPC port inside every container.
+pub const GRPC_PORT: u16 = 7400;
+
+/// Settings of a container cluster.
+#[derive(Debug, Clone)]
+pub struct ContainerOptions {
+    /// Voters (ids 1..=n).
+    pub nodes: usize,
+    /// Raft heartbeat.
+    pub heartbeat: &'static str,
+    /// Raft election timeout (minimum).
+    pub election_timeout: &'static str,
+    /// Sweep interval.
+    pub sweep_interval: &'static str,
+    /// Log filter of every node.
+    pub log_level: &'static str,
+}
+
+impl Default for ContainerOptions {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            heartbeat: "100ms",
+            election_timeout: "1s",
+            sweep_interval: "500ms",
+            log_level: "info,openraft=warn",
+        }
+    }
+}
+
+/// One node's Docker objects.
+struct Node {
+    container: String,
+    access: String,
+    volume: String,
+    ip: Mutex<Option<IpAddr>>,
+    /// Timestamp of the last log line written, so a restarted log stream skips old lines.
+    last_log: Arc<Mutex<String>>,
+}
+
+/// A running cluster of `affinityd` containers.
+pub struct ContainerCluster {
+    docker: Docker,
+    prefix: String,
+    peers: String,
+    options: ContainerOptions,
+    nodes: Vec<Node>,
+    out_dir: PathBuf,
+}
+
+/// The name of node `i` among its peers: a StatefulSet pod's name.
+pub fn peer_name(i: usize) -> String {
+    format!("affinity-{i}")
+}
+
+impl ContainerCluster {
+    /// Start `options.nodes` containers and wait until they are healthy and agree on a
+    /// leader. `None` when Docker is absent and not required (the test is then skipped).
+    pub async fn start(test: &str, options: ContainerOptions) -> Option<ContainerCluster> {
+        static RUN: AtomicU32 = AtomicU32::new(0);
+        let docker = docker::connect(test).await?;
+        docker::ensure_image();
+        let prefix = format!(
+            "aff-{}-{}-{}",
+            test.replace('_', "-"),
+            std::process::id(),
+            RUN.fetch_add(1, Ordering::Relaxed)
+        );
+        let out_dir = bins::dir()
+            .parent()
+            .expect("<target>/<profile>")
+            .join("test-output/chaos")
+            .join(test);
+        let _ = std::fs::remove_dir_all(&out_dir);
+        std::fs::create_dir_all(&out_dir).expect("create the test's output folder");
+        let nodes = (0..options.nodes)
+            .map(|i| Node {
+                container: format!("{prefix}-{}", peer_name(i)),
+                access: format!("{prefix}-access-{i}"),
+                volume: format!("{prefix}-data-{i}"),
+                ip: Mutex::new(None),
+                last_log: Arc::new(Mutex::new(String::new())),
+            })
+            .collect();
+        let cluster = ContainerCluster {
+            peers: format!("{prefix}-peers"),
+            docker,
+            prefix,
+            options,
+            nodes,
+            out_dir,
+        };
+        cluster.create_network(&cluster.peers).await;
+        for i in 0..cluster.nodes.len() {
+            cluster.create_network(&cluster.nodes[i].access).await;
+            cluster
+                .docker
+                .create_volume(VolumeCreateRequest {
+                    name: Some(cluster.nodes[i].volume.clone()),
+                    labels: Some(docker::labels(&cluster.prefix)),
+                    ..Default::default()
+                })
+                .await
+                .expect("create a volume");
+            cluster.create_container(i).await;
+        }
+        for i in 0..cluster.nodes.len() {
+            cluster.start_node(i).await;
+        }
+        cluster.wait_all_ready().await;
+        cluster.wait_leader(&cluster.all()).await;
+        Some(cluster)
+    }
+
+    async fn create_network(&self, name: &str) {
+        self.docker
+            .create_network(NetworkCreateRequest {
+                name: name.to_string(),
+                driver: Some("bridge".into()),
+                labels: Some(docker::labels(&self.prefix)),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("create network {name}: {e}"));
+    }
+
+    fn peers_flag(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| format!("{}={}:{GRPC_PORT}", i + 1, peer_name(i)))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Create node `i`'s container (not started): on the peer network as `affinity-i`, on
+    /// its access network, with its volume.
+    async fn create_container(&self, i: usize) {
+        let node = &self.nodes[i];
+        let env = vec![
+            format!("AFFINITY_NODE_ID={}", i + 1),
+            format!("AFFINITY_ADVERTISE={}:{GRPC_PORT}", peer_name(i)),
+            format!("AFFINITY_PEERS={}", self.peers_flag()),
+            format!("AFFINITY_RAFT_HEARTBEAT={}", self.options.heartbeat),
+            format!(
+                "AFFINITY_RAFT_ELECTION_TIMEOUT={}",
+                self.options.election_timeout
+            ),
+            format!("AFFINITY_SWEEP_INTERVAL={}", self.options.sweep_interval),
+            format!("AFFINITY_LOG_LEVEL={}", self.options.log_level),
+        ];
+        let body = ContainerCreateBody {
+            image: Some(docker::IMAGE.to_string()),
+            hostname: Some(peer_name(i)),
+            env: Some(env),
+            labels: Some(docker::labels(&self.prefix)),
+            host_config: Some(HostConfig {
+                network_mode: Some(self.peers.clone()),
+                mounts: Some(vec![Mount {
+                    target: Some("/var/lib/affinity".into()),
+                    source: Some(node.volume.clone()),
+                    typ: Some(MountType::VOLUME),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            networking_config: Some(NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(
+                    self.peers.clone(),
+                    EndpointSettings {
+                        aliases: Some(vec![peer_name(i)]),
+                        ..Default::default()
+                    },
+                )])),
+            }),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(node.container.clone()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .unwrap_or_else(|e| panic!("create container {}: {e}", node.container));
+        self.docker
+            .connect_network(
+                &node.access,
+                NetworkConnectRequest {
+                    container: node.container.clone(),
+                    endpoint_config: None,
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("connect {} to its access network: {e}", node.container));
+    }
+
+    /// Start node `i`'s container, stream its output, and learn its address.
+    pub async fn start_node(&self, i: usize) {
+        let node = &self.nodes[i];
+        let since = i32::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        )
+        .unwrap_or(0);
+        self.docker
+            .start_container(&node.container, None)
+            .await
+            .unwrap_or_else(|e| panic!("start {}: {e}", node.container));
+        self.follow_logs(i, since.saturating_sub(1));
+        let inspected = self
+            .docker
+            .inspect_container(&node.container, None)
+            .await
+            .unwrap_or_else(|e| panic!("inspect {}: {e}", node.container));
+        let ip = inspected
+            .network_settings
+            .and_then(|s| s.networks)
+            .and_then(|n| n.get(&node.access).cloned())
+            .and_then(|e| e.ip_address)
+            .and_then(|ip| ip.parse::<IpAddr>().ok())
+            .unwrap_or_else(|| panic!("{} has no address on its access network", node.container));
+        let mut known = node.ip.lock();
+        if let Some(before) = *known {
+            assert_eq!(
+                before, ip,
+                "{}'s address changed across a restart; clients would lose it",
+                node.container
+            );
+        }
+        *known = Some(ip);
+    }
+
+    /// Append node `i`'s output to its log file from `since` (Unix s) on, skipping lines
+    /// already written by an earlier stream.
+    fn follow_logs(&self, i: usize, since: i32) {
+        let node = &self.nodes[i];
+        let path = self.out_dir.join(format!("{}.log", peer_name(i)));
+        let mut stream = self.docker.logs(
+            &node.container,
+            Some(LogsOptions {
+                follow: true,
+                stdout: true,
+                stderr: true,
+                timestamps: true,
+                since,
+                ..Default::default()
+            }),
+        );
+        let last = Arc::clone(&node.last_log);
+        tokio::spawn(async move {
+            let Ok(mut file) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+            else {
+                return;
+            };
+            while let Some(Ok(chunk)) = stream.next().await {
+                let text = chunk.to_string();
+                for line in text.lines() {
+                    let stamp = line.split(' ').next().unwrap_or_default().to_string();
+                    let mut last = last.lock();
+                    if stamp.as_str() <= last.as_str() {
+                        continue;
+                    }
+                    let _ = writeln!(file, "{line}");
+                    *last = stamp;
+                }
+            }
+        });
+    }
+
+    /// Ordinals of every node.
+    pub fn all(&self) -> Vec<usize> {
+        (0..self.nodes.len()).collect()
+    }
+
+    /// Node `i`'s gRPC address, as the test reaches it.
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        let ip = self.nodes[i]
+            .ip
+            .lock()
+            .expect("a node's address is known once it has started");
+        SocketAddr::new(ip, GRPC_PORT)
+    }
+
+    /// Every node's address, for a client's endpoint list.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.all()
+            .into_iter()
+            .map(|i| self.addr(i).to_string())
+            .collect()
+    }
+
+    /// Where this test's container logs are written.
+    pub fn out_dir(&self) -> &std::path::Path {
+        &self.out_dir
+    }
+
+    /// A channel to node `i` (lazy; short connect timeout, as a paused node never answers).
+    pub fn channel(&self, i: usize) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.addr(i)))
+            .expect("a valid URI")
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy()
+    }
+
+    /// `Status` of node `i`, within one second.
+    pub async fn status(&self, i: usize) -> Result<pb::StatusResponse, String> {
+        let mut request = tonic::Request::new(pb::StatusRequest {});
+        request.set_timeout(Duration::from_secs(1));
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            ClusterClient::new(self.channel(i)).status(request),
+        )
+        .await;
+        match answer {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => Err(format!("node {i}: {}", status.message())),
+            Err(_) => Err(format!("node {i}: no answer")),
+        }
+    }
+
+    /// Whether node `i` reports `SERVING` on `grpc.health.v1`.
+    pub async fn serving(&self, i: usize) -> Result<(), String> {
+        let mut request = tonic::Request::new(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        });
+        request.set_timeout(Duration::from_secs(1));
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            HealthClient::new(self.channel(i)).check(request),
+        )
+        .await;
+        match answer {
+            Ok(Ok(r)) if r.get_ref().status == ServingStatus::Serving as i32 => Ok(()),
+            Ok(Ok(r)) => Err(format!("node {i}: status {}", r.get_ref().status)),
+            Ok(Err(status)) => Err(format!("node {i}: {}", status.message())),
+            Err(_) => Err(format!("node {i}: no answer")),
+        }
+    }
+
+    /// Wait until node `i` is healthy (knows a leader and has applied the log).
+    pub async fn wait_ready(&self, i: usize) {
+        wait::until(
+            &format!("node {i} reports SERVING"),
+            Duration::from_secs(60),
+            || self.serving(i),
+        )
+        .await;
+    }
+
+    /// Wait until every node is healthy.
+    pub async fn wait_all_ready(&self) {
+        for i in self.all() {
+            self.wait_ready(i).await;
+        }
+    }
+
+    /// Wait until every node in `among` reports the same leader, one of them; return its
+    /// ordinal.
+    pub async fn wait_leader(&self, among: &[usize]) -> usize {
+        let among = among.to_vec();
+        wait::until(
+            &format!("nodes {among:?} agree on a leader among them"),
+            Duration::from_secs(30),
+            || {
+                let among = among.clone();
+                async move {
+                    let mut leaders = Vec::new();
+                    for i in &among {
+                        leaders.push(self.status(*i).await?.leader_id);
+                    }
+                    let first = leaders.first().copied().unwrap_or(0);
+                    let ordinal = usize::try_from(first).unwrap_or(0).wrapping_sub(1);
+                    if first != 0 && among.contains(&ordinal) && leaders.iter().all(|l| *l == first)
+                    {
+                        Ok(ordinal)
+                    } else {
+                        Err(format!("leader ids seen: {leaders:?}"))
+                    }
+                }
+            },
+        )
+        .await
+    }
+
+    /// Fault: SIGKILL node `i` (the container stops at once; its volume stays).
+    pub async fn kill(&self, i: usize) {
+        self.docker
+            .kill_container(
+                &self.nodes[i].container,
+                Some(KillContainerOptions {
+                    signal: "SIGKILL".into(),
+                }),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("kill node {i}: {e}"));
+        self.wait_stopped(i).await;
+    }
+
+    /// Fault: stop node `i` gracefully (SIGTERM, then SIGKILL after 20 s).
+    pub async fn stop(&self, i: usize) {
+        self.docker
+            .stop_container(
+                &self.nodes[i].container,
+                Some(StopContainerOptions {
+                    t: Some(20),
+                    signal: None,
+                }),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("stop node {i}: {e}"));
+        self.wait_stopped(i).await;
+    }
+
+    /// Node `i`'s exit code, once its container has stopped.
+    pub async fn exit_code(&self, i: usize) -> Option<i64> {
+        let inspected = self
+            .docker
+            .inspect_container(&self.nodes[i].container, None)
+            .await
+            .ok()?;
+        let state = inspected.state?;
+        if state.running == Some(true) {
+            None
+        } else {
+            state.exit_code
+        }
+    }
+
+    async fn wait_stopped(&self, i: usize) {
+        wait::until(
+            &format!("node {i}'s container has stopped"),
+            Duration::from_secs(30),
+            || async move {
+                match self.exit_code(i).await {
+                    Some(code) => Ok(code),
+                    None => Err("still running"),
+                }
+            },
+        )
+        .await;
+    }
+
+    /// Fault: freeze node `i` (`docker pause`): it stops answering without closing a
+    /// connection.
+    pub async fn pause(&self, i: usize) {
+        self.docker
+            .pause_container(&self.nodes[i].container)
+            .await
+            .unwrap_or_else(|e| panic!("pause node {i}: {e}"));
+    }
+
+    /// Heal: thaw node `i`.
+    pub async fn unpause(&self, i: usize) {
+        self.docker
+            .unpause_container(&self.nodes[i].container)
+            .await
+            .unwrap_or_else(|e| panic!("unpause node {i}: {e}"));
+    }
+
+    /// Fault: cut node `i` off its peers (it stays reachable by the test). Cutting off the
+    /// leader alone isolates it in a minority of one.
+    pub async fn cut_off(&self, i: usize) {
+        self.docker
+            .disconnect_network(
+                &self.peers,
+                NetworkDisconnectRequest {
+                    container: self.nodes[i].container.clone(),
+                    force: Some(true),
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("disconnect node {i}: {e}"));
+    }
+
+    /// Heal: put node `i` back on the peer network under its name.
+    pub async fn reconnect(&self, i: usize) {
+        self.docker
+            .connect_network(
+                &self.peers,
+                NetworkConnectRequest {
+                    container: self.nodes[i].container.clone(),
+                    endpoint_config: Some(EndpointSettings {
+                        aliases: Some(vec![peer_name(i)]),
+                        ..Default::default()
+                    }),
+                },
+            )
+            .await
+            .unwrap_or_else(|e| panic!("reconnect node {i}: {e}"));
+    }
+
+    /// Fault and heal: SIGKILL node `i` and start it again on the same volume.
+    pub async fn restart(&self, i: usize) {
+        self.kill(i).await;
+        self.start_node(i).await;
+    }
+
+    /// Fault: stop every node gracefully.
+    pub async fn stop_all(&self) {
+        for i in self.all() {
+            self.stop(i).await;
+        }
+    }
+
+    /// Heal: start every node.
+    pub async fn start_all(&self) {
+        for i in self.all() {
+            self.start_node(i).await;
+        }
+    }
+
+    /// Replace node `i`'s container by a new one on the same volume, as a rescheduled pod
+    /// gets: the old container is removed (SIGKILL), a new one created and, unless
+    /// `isolated`, joined to the peer network. An isolated replacement starts cut off from
+    /// its peers, to show what its volume alone gives it.
+    pub async fn replace(&self, i: usize, isolated: bool) {
+        docker::remove_container(&self.docker, &self.nodes[i].container).await;
+        *self.nodes[i].last_log.lock() = String::new();
+        *self.nodes[i].ip.lock() = None;
+        self.create_container(i).await;
+        if isolated {
+            self.cut_off(i).await;
+        }
+        self.start_node(i).await;
+    }
+}
+
+impl Drop for ContainerCluster {
+    fn drop(&mut self) {
+        let docker = self.docker.clone();
+        let prefix = self.prefix.clone();
+        // Drop cannot await, and may run inside a runtime: clean up from a thread of its own.
+        let cleaned = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(docker::remove_all(&docker, &prefix));
+            }
+        })
+        .join();
+        if cleaned.is_err() {
+            eprintln!("could not remove the containers of {}", self.prefix);
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "container logs of the failed test are in {}",
+                self.out_dir.display()
+            );
+        }
+    }
+}
