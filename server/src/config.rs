@@ -23,6 +23,10 @@ pub struct Config {
     /// When the storage is empty, the node with the lowest id initializes the cluster with all
     /// of them; the others wait to be contacted. A node that has state never re-initializes.
     pub peers: BTreeMap<NodeId, String>,
+    /// Members to ask for admission (HOST:PORT each), instead of static `peers`: node 1 forms
+    /// the cluster when none exists, every other node joins it as a learner and becomes a
+    /// voter once caught up (see [`crate::join`]).
+    pub join: Vec<String>,
     /// Raft timing and log compaction.
     pub raft: RaftTuning,
     /// How often the leader proposes removing ended leases.
@@ -67,6 +71,7 @@ impl Default for Config {
             advertise: None,
             data_dir: PathBuf::from("./affinity-data"),
             peers: BTreeMap::new(),
+            join: Vec::new(),
             raft: RaftTuning::default(),
             sweep_interval: Duration::from_secs(1),
             proposal_timeout: Duration::from_secs(5),
@@ -122,6 +127,23 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> 
     Ok(peers)
 }
 
+/// Parse `HOST:PORT,HOST:PORT,...` (the join targets).
+pub fn parse_join(text: &str) -> Result<Vec<String>, ConfigError> {
+    let targets: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if targets.is_empty() {
+        return Err(ConfigError::new("join", "give at least one HOST:PORT"));
+    }
+    for target in &targets {
+        check_host_port("join", target)?;
+    }
+    Ok(targets)
+}
+
 /// Check `HOST:PORT` (host a name or an address, port 1..=65535).
 pub fn check_host_port(setting: &'static str, text: &str) -> Result<(), ConfigError> {
     let bad = || ConfigError::new(setting, format!("{text:?} is not HOST:PORT"));
@@ -157,6 +179,25 @@ impl Config {
                 None => bound.to_string(),
             },
         };
+        if !self.join.is_empty() {
+            if !self.peers.is_empty() {
+                return Err(ConfigError::new(
+                    "join",
+                    "cannot be combined with peers: use peers for a fixed initial membership, join to grow a cluster node by node",
+                ));
+            }
+            let unspecified = advertise
+                .parse::<SocketAddr>()
+                .is_ok_and(|a| a.ip().is_unspecified());
+            if unspecified {
+                return Err(ConfigError::new(
+                    "advertise",
+                    format!(
+                        "{advertise} cannot be reached by peers; set --advertise to this node's name or address when using join"
+                    ),
+                ));
+            }
+        }
         if !self.peers.is_empty() {
             match self.peers.get(&self.node_id) {
                 None => {
@@ -276,6 +317,40 @@ mod tests {
             mismatch.resolve_advertise(bound).unwrap_err().setting,
             "advertise"
         );
+    }
+
+    #[test]
+    fn join_rules() {
+        assert_eq!(
+            parse_join("affinity-0.affinity-peers:7400, affinity-1.affinity-peers:7400").unwrap(),
+            vec![
+                "affinity-0.affinity-peers:7400".to_string(),
+                "affinity-1.affinity-peers:7400".to_string()
+            ]
+        );
+        for bad in ["", " , ", "affinity-0", "a:0", "a b:1"] {
+            assert_eq!(parse_join(bad).unwrap_err().setting, "join", "{bad}");
+        }
+        let bound: SocketAddr = "0.0.0.0:7400".parse().unwrap();
+        let joining = Config {
+            node_id: 2,
+            join: vec!["affinity-0:7400".into()],
+            ..Config::default()
+        };
+        assert_eq!(
+            joining.resolve_advertise(bound).unwrap_err().setting,
+            "advertise"
+        );
+        let named = Config {
+            advertise: Some("affinity-1:7400".into()),
+            ..joining.clone()
+        };
+        assert_eq!(named.resolve_advertise(bound).unwrap(), "affinity-1:7400");
+        let both = Config {
+            peers: parse_peers("2=affinity-1:7400").unwrap(),
+            ..named
+        };
+        assert_eq!(both.resolve_advertise(bound).unwrap_err().setting, "join");
     }
 
     #[test]

@@ -19,6 +19,10 @@
 //!   a pointer record in sled; the openraft state machine over the lease table
 //!   ([`store::StateMachineStore`]). A data-version record guards the on-disk format.
 //! - [`clock`]: wall-clock time, read only to stamp proposals and to judge expiry on reads.
+//! - [`node`]: a running node (Raft plus storage) and the operations the services offer;
+//!   [`join`]: how a node becomes a member (static peers, or joining by ordinal);
+//!   [`network`]: Raft traffic between nodes; [`grpc`]: the services; [`server`]: the
+//!   process that serves them, with health, metrics and a clean stop.
 //!
 //! ## Invariants
 //!
@@ -32,6 +36,7 @@ pub mod clock;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod join;
 pub mod metrics;
 pub mod network;
 pub mod node;

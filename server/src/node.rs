@@ -132,6 +132,19 @@ impl NodeStatus {
     }
 }
 
+/// How a membership change treats the voters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoterChange {
+    /// Leave them as they are.
+    Keep,
+    /// Make these the voters.
+    Replace(BTreeSet<NodeId>),
+    /// Add these (already learners) to the leader's current voters.
+    Add(BTreeSet<NodeId>),
+    /// Take these out of the leader's current voters.
+    Remove(BTreeSet<NodeId>),
+}
+
 /// A running node.
 pub struct Node {
     id: NodeId,
@@ -178,61 +191,8 @@ impl Node {
             proposal_timeout: config.proposal_timeout,
             leader_lease,
         };
-        node.bootstrap(config, &address, &peers).await?;
+        crate::join::bootstrap(&node, config, &address, &peers).await?;
         Ok(Arc::new(node))
-    }
-
-    /// On empty storage: form a single-node cluster, or (lowest id of `peers`) the static
-    /// initial cluster. Never on a node that has state, and not when a peer already belongs
-    /// to a cluster (a node whose disk was wiped must be re-added, not start a second cluster).
-    async fn bootstrap(
-        &self,
-        config: &Config,
-        address: &str,
-        peers: &Peers,
-    ) -> Result<(), StartError> {
-        let initialized = self
-            .raft
-            .is_initialized()
-            .await
-            .map_err(|e| StartError::Raft(e.to_string()))?;
-        if initialized {
-            tracing::info!("existing cluster state found; rejoining");
-            return Ok(());
-        }
-        let members: BTreeMap<NodeId, RaftNode> = if config.peers.is_empty() {
-            BTreeMap::from([(
-                self.id,
-                RaftNode {
-                    addr: address.to_string(),
-                },
-            )])
-        } else {
-            if config.peers.keys().next() != Some(&self.id) {
-                tracing::info!(
-                    "empty storage; waiting for the node with the lowest id to form the cluster"
-                );
-                return Ok(());
-            }
-            if let Some((peer, leader)) = existing_cluster(config, peers).await {
-                tracing::warn!(
-                    peer,
-                    leader,
-                    "empty storage, but a peer already belongs to a cluster; not forming a new one (add this node back with `affinityctl members add`)"
-                );
-                return Ok(());
-            }
-            config
-                .peers
-                .iter()
-                .map(|(id, addr)| (*id, RaftNode { addr: addr.clone() }))
-                .collect()
-        };
-        tracing::info!(members = ?members.keys().collect::<Vec<_>>(), "forming a new cluster");
-        self.raft
-            .initialize(members)
-            .await
-            .map_err(|e| StartError::Raft(format!("initialize: {e}")))
     }
 
     /// This node's id.
@@ -393,28 +353,34 @@ impl Node {
         }
     }
 
-    /// Replace the voters and/or remove learners (leader only).
+    /// Change the voters and/or remove learners (leader only).
     pub async fn change_membership(
         &self,
-        voters: BTreeSet<NodeId>,
+        voters: VoterChange,
         retain: bool,
         remove_learners: BTreeSet<NodeId>,
         budget: Budget,
     ) -> Result<u64, ServiceError> {
-        if voters.is_empty() && remove_learners.is_empty() {
+        let change = match voters {
+            VoterChange::Keep => None,
+            VoterChange::Replace(ids) => Some(ChangeMembers::ReplaceAllVoters(ids)),
+            VoterChange::Add(ids) => Some(ChangeMembers::AddVoterIds(ids)),
+            VoterChange::Remove(ids) => Some(ChangeMembers::RemoveVoters(ids)),
+        };
+        if change.is_none() && remove_learners.is_empty() {
             return Err(affinity_proto::ValidationError::new(
                 "voters",
-                "give the new voters, or learners to remove (both are empty)",
+                "give the new voters, voters to add or remove, or learners to remove (all are empty)",
             )
             .into());
         }
         self.require_leader()?;
         let work = async {
             let mut index = 0;
-            if !voters.is_empty() {
+            if let Some(change) = change {
                 let resp = self
                     .raft
-                    .change_membership(ChangeMembers::ReplaceAllVoters(voters), retain)
+                    .change_membership(change, retain)
                     .await
                     .map_err(|e| self.write_error(e))?;
                 index = resp.log_id.index();
@@ -584,24 +550,4 @@ impl Node {
         let flusher = self.flusher.clone();
         let _ = tokio::task::spawn_blocking(move || flusher.close()).await;
     }
-}
-
-/// Ask the other initial peers whether one already belongs to a cluster.
-async fn existing_cluster(config: &Config, peers: &Peers) -> Option<(NodeId, u64)> {
-    for (id, address) in config.peers.iter().filter(|(id, _)| **id != config.node_id) {
-        let Ok(channel) = peers.channel(address) else {
-            continue;
-        };
-        let mut client = pb::cluster_client::ClusterClient::new(channel);
-        let mut request = tonic::Request::new(pb::StatusRequest {});
-        request.set_timeout(Duration::from_millis(500));
-        let answer = tokio::time::timeout(Duration::from_secs(1), client.status(request)).await;
-        if let Ok(Ok(status)) = answer {
-            let status = status.into_inner();
-            if !status.members.is_empty() {
-                return Some((*id, status.leader_id));
-            }
-        }
-    }
-    None
 }

@@ -55,8 +55,12 @@ pub enum RunError {
     Serve(String),
 }
 
-/// The services named in health checks: the whole server (`""`) and the client service.
+/// The services named in health checks that follow readiness: the whole server (`""`)
+/// and the client service.
 const HEALTH_SERVICES: [&str; 2] = ["", "affinity.v1.Affinity"];
+/// The health check name for liveness: SERVING while the node's Raft runs (the gRPC twin of
+/// `/healthz`), so a liveness probe does not restart nodes that merely lack a quorum.
+const LIVENESS_SERVICE: &str = "liveness";
 
 /// Run a node until `shutdown` completes, then stop it cleanly.
 pub async fn run(
@@ -88,6 +92,7 @@ async fn serve(
         metrics = %metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         data_dir = %config.data_dir.display(),
         peers = ?config.peers,
+        join = ?config.join,
         "affinityd starting"
     );
 
@@ -147,6 +152,17 @@ async fn serve(
     tasks.spawn(
         report_health(Arc::clone(&node), health.clone(), stopping.clone()).in_current_span(),
     );
+    if !config.join.is_empty() {
+        tasks.spawn(
+            crate::join::run(
+                Arc::clone(&node),
+                config.join.clone(),
+                ctx.peers.clone(),
+                stopping.clone(),
+            )
+            .in_current_span(),
+        );
+    }
     if let Some(listener) = listeners.metrics {
         tasks.spawn(
             metrics::serve(
@@ -170,6 +186,7 @@ async fn serve(
 
     tracing::info!("stopping");
     set_health(&health, false).await;
+    set_liveness(&health, false).await;
     stopping.cancel();
     step_down(&node).await;
     server_stop.cancel();
@@ -206,17 +223,36 @@ async fn set_health(reporter: &HealthReporter, serving: bool) {
     }
 }
 
+async fn set_liveness(reporter: &HealthReporter, alive: bool) {
+    let status = if alive {
+        ServingStatus::Serving
+    } else {
+        ServingStatus::NotServing
+    };
+    reporter.set_service_status(LIVENESS_SERVICE, status).await;
+}
+
 /// SERVING exactly while the node knows a leader and has applied what is committed; and
 /// a log line whenever the leader or this node's role changes.
 async fn report_health(node: Arc<Node>, reporter: HealthReporter, stopping: CancellationToken) {
     let mut metrics = node.raft().metrics();
     let mut serving = None;
+    let mut living = None;
     let mut seen = None;
     loop {
-        let (state, leader, term) = {
+        let (state, leader, term, alive) = {
             let m = metrics.borrow_watched();
-            (m.state, m.current_leader, m.current_term)
+            (
+                m.state,
+                m.current_leader,
+                m.current_term,
+                m.running_state.is_ok(),
+            )
         };
+        if living != Some(alive) {
+            set_liveness(&reporter, alive).await;
+            living = Some(alive);
+        }
         if seen != Some((state, leader)) {
             match leader {
                 Some(id) if id == node.id() => tracing::info!(term, "this node is the leader"),

@@ -12,7 +12,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use affinity_proto::GatewayDuration;
-use affinity_server::config::{Config, parse_peers};
+use affinity_server::config::{Config, parse_join, parse_peers};
+use affinity_server::join::node_id_from_hostname;
 use affinity_server::server::{self, Listeners};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
@@ -37,6 +38,9 @@ struct Cli {
 enum Command {
     /// Run a local cluster of several nodes in this one process, for trying affinity out.
     Dev(DevArgs),
+    /// Check the settings (flags, environment, --config) without starting, and print them
+    /// as the node would use them (JSON). Exits 2 naming the first wrong setting.
+    Check,
 }
 
 #[derive(Args)]
@@ -79,6 +83,16 @@ struct NodeArgs {
     /// forms a single-node cluster of itself.
     #[arg(long, global = true, env = "AFFINITY_PEERS")]
     peers: Option<String>,
+    /// Grow the cluster node by node instead of --peers: HOST:PORT,... of members to ask for
+    /// admission (e.g. the first pods of a StatefulSet). Node 1 forms the cluster when no
+    /// target belongs to one; every other node joins as a learner and becomes a voter once
+    /// caught up.
+    #[arg(long, global = true, env = "AFFINITY_JOIN")]
+    join: Option<String>,
+    /// Take the node id from the hostname's ordinal suffix: affinity-0 is node 1,
+    /// affinity-1 node 2, ... (a StatefulSet pod's name). Cannot be combined with --node-id.
+    #[arg(long, global = true, env = "AFFINITY_NODE_ID_FROM_HOSTNAME", num_args = 0..=1, default_missing_value = "true")]
+    node_id_from_hostname: Option<bool>,
     /// Address for /metrics, /healthz and /readyz, or "off". [default: 127.0.0.1:9400]
     #[arg(long, global = true, env = "AFFINITY_METRICS_LISTEN")]
     metrics_listen: Option<String>,
@@ -134,6 +148,8 @@ struct FileArgs {
     advertise: Option<String>,
     data_dir: Option<PathBuf>,
     peers: Option<String>,
+    join: Option<String>,
+    node_id_from_hostname: Option<bool>,
     metrics_listen: Option<String>,
     log_format: Option<LogFormat>,
     log_level: Option<String>,
@@ -177,8 +193,30 @@ fn layer(args: NodeArgs) -> Result<Settings, String> {
         Some(text) => parse_peers(&text).map_err(|e| e.to_string())?,
         None => BTreeMap::new(),
     };
+    let join = match args.join.or(file.join) {
+        Some(text) => parse_join(&text).map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
+    let explicit_id = args.node_id.or(file.node_id);
+    let node_id = if args
+        .node_id_from_hostname
+        .or(file.node_id_from_hostname)
+        .unwrap_or(false)
+    {
+        if explicit_id.is_some() {
+            return Err(
+                "invalid node-id-from-hostname: cannot be combined with node-id; give one".into(),
+            );
+        }
+        let hostname = hostname()?;
+        node_id_from_hostname(&hostname)
+            .map_err(|e| format!("invalid node-id-from-hostname: {e}"))?
+    } else {
+        explicit_id.unwrap_or(defaults.node_id)
+    };
     let mut config = Config {
-        node_id: args.node_id.or(file.node_id).unwrap_or(defaults.node_id),
+        node_id,
+        join,
         advertise: args.advertise.or(file.advertise),
         data_dir: args
             .data_dir
@@ -251,6 +289,19 @@ fn layer(args: NodeArgs) -> Result<Settings, String> {
     })
 }
 
+/// This machine's (or pod's) hostname.
+fn hostname() -> Result<String, String> {
+    let from_kernel = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty());
+    from_kernel
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()))
+        .ok_or_else(|| {
+            "invalid node-id-from-hostname: cannot read the hostname (/proc/sys/kernel/hostname or HOSTNAME)".into()
+        })
+}
+
 fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .map_err(|e| format!("--log-level {level:?}: {e}"))?;
@@ -302,6 +353,38 @@ async fn run_node(settings: Settings) -> Result<(), String> {
     server::run(settings.config, Listeners { grpc, metrics }, stop_signal())
         .await
         .map_err(|e| e.to_string())
+}
+
+/// The settings as a node would use them, after every check a start makes before it
+/// touches the data directory.
+fn check(settings: &Settings) -> Result<serde_json::Value, String> {
+    let bound: SocketAddr = settings
+        .listen
+        .parse()
+        .map_err(|_| format!("invalid listen: {:?} is not an IP:PORT", settings.listen))?;
+    if let Some(metrics) = &settings.metrics_listen {
+        metrics.parse::<SocketAddr>().map_err(|_| {
+            format!("invalid metrics-listen: {metrics:?} is not an IP:PORT or \"off\"")
+        })?;
+    }
+    let config = &settings.config;
+    let advertise = config.resolve_advertise(bound).map_err(|e| e.to_string())?;
+    config.openraft().map_err(|e| e.to_string())?;
+    Ok(serde_json::json!({
+        "node_id": config.node_id,
+        "listen": settings.listen,
+        "advertise": advertise,
+        "metrics_listen": settings.metrics_listen,
+        "data_dir": config.data_dir,
+        "peers": config.peers,
+        "join": config.join,
+        "raft_heartbeat_ms": config.raft.heartbeat.as_millis(),
+        "raft_election_timeout_ms": config.raft.election_timeout.as_millis(),
+        "raft_snapshot_threshold": config.raft.snapshot_threshold,
+        "sweep_interval_ms": config.sweep_interval.as_millis(),
+        "proposal_timeout_ms": config.proposal_timeout.as_millis(),
+        "shutdown_grace_ms": config.shutdown_grace.as_millis(),
+    }))
 }
 
 async fn run_dev(dev: DevArgs, base: Settings) -> Result<(), String> {
@@ -379,6 +462,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.command, Some(Command::Check)) {
+        return match check(&settings) {
+            Ok(resolved) => {
+                println!("{resolved:#}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("affinityd: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Err(e) = init_logging(settings.log_format, &settings.log_level) {
         eprintln!("affinityd: {e}");
         return ExitCode::from(2);
@@ -396,7 +491,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Some(Command::Dev(dev)) => run_dev(dev, settings).await,
-            None => run_node(settings).await,
+            Some(Command::Check) | None => run_node(settings).await,
         }
     });
     match result {
@@ -461,5 +556,39 @@ mod tests {
         assert!(err.contains("peers"), "{err}");
         let err = settings(&["--raft-heartbeat", "1.5s"]).err().unwrap();
         assert!(err.contains("1.5s"), "{err}");
+        let err = settings(&["--join", "affinity-0"]).err().unwrap();
+        assert!(err.contains("join"), "{err}");
+        let err = settings(&["--node-id", "2", "--node-id-from-hostname"])
+            .err()
+            .unwrap();
+        assert!(err.contains("node-id-from-hostname"), "{err}");
+    }
+
+    #[test]
+    fn check_resolves_what_a_start_would_use() {
+        let s = settings(&[
+            "--node-id",
+            "2",
+            "--listen",
+            "0.0.0.0:7400",
+            "--advertise",
+            "affinity-1.affinity-peers.default.svc:7400",
+            "--join",
+            "affinity-0.affinity-peers.default.svc:7400",
+        ])
+        .unwrap();
+        let resolved = check(&s).unwrap();
+        assert_eq!(
+            resolved["advertise"],
+            "affinity-1.affinity-peers.default.svc:7400"
+        );
+        assert_eq!(
+            resolved["join"][0],
+            "affinity-0.affinity-peers.default.svc:7400"
+        );
+        let unreachable = settings(&["--listen", "0.0.0.0:7400", "--join", "a:7400"]).unwrap();
+        assert!(check(&unreachable).unwrap_err().contains("advertise"));
+        let bad_listen = settings(&["--listen", "localhost:7400"]).unwrap();
+        assert!(check(&bad_listen).unwrap_err().contains("listen"));
     }
 }

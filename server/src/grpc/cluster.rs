@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use affinity_proto::ValidationError;
 use affinity_proto::pb;
 use affinity_proto::pb::cluster_client::ClusterClient;
 use affinity_proto::pb::cluster_server::Cluster;
@@ -15,6 +16,8 @@ use tonic::{Request, Response, Status};
 
 use super::call::serve;
 use super::{CLIENT_MAX_MESSAGE_BYTES, Ctx};
+use crate::error::ServiceError;
+use crate::node::VoterChange;
 
 /// The operator service.
 pub struct ClusterService {
@@ -90,7 +93,7 @@ impl Cluster for ClusterService {
             async |call, wire| {
                 let budget = call.budget(self.ctx.node.proposal_timeout());
                 let work = async {
-                    let voters: BTreeSet<u64> = wire.voters.iter().copied().collect();
+                    let voters = voter_change(&wire)?;
                     let learners: BTreeSet<u64> = wire.remove_learners.iter().copied().collect();
                     let index = self
                         .ctx
@@ -164,4 +167,30 @@ impl Cluster for ClusterService {
         })
         .await
     }
+}
+
+/// Which of `voters`, `add_voters` and `remove_voters` a request uses (at most one).
+fn voter_change(wire: &pb::ChangeMembershipRequest) -> Result<VoterChange, ServiceError> {
+    let set = |ids: &[u64]| ids.iter().copied().collect::<BTreeSet<u64>>();
+    let given = [
+        !wire.voters.is_empty(),
+        !wire.add_voters.is_empty(),
+        !wire.remove_voters.is_empty(),
+    ];
+    if given.iter().filter(|g| **g).count() > 1 {
+        return Err(ValidationError::new(
+            "voters",
+            "give only one of voters, add_voters and remove_voters",
+        )
+        .into());
+    }
+    Ok(if !wire.voters.is_empty() {
+        VoterChange::Replace(set(&wire.voters))
+    } else if !wire.add_voters.is_empty() {
+        VoterChange::Add(set(&wire.add_voters))
+    } else if !wire.remove_voters.is_empty() {
+        VoterChange::Remove(set(&wire.remove_voters))
+    } else {
+        VoterChange::Keep
+    })
 }

@@ -246,10 +246,16 @@ async fn every_bad_field_is_refused_by_name_and_nothing_is_stored() {
         );
         assert_invalid(
             admin
+                .change_membership(pb::ChangeMembershipRequest::default())
+                .await,
+            "voters",
+        );
+        assert_invalid(
+            admin
                 .change_membership(pb::ChangeMembershipRequest {
-                    voters: vec![],
-                    retain: false,
-                    remove_learners: vec![],
+                    voters: vec![1, 2],
+                    add_voters: vec![3],
+                    ..Default::default()
                 })
                 .await,
             "voters",

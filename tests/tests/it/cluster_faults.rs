@@ -250,18 +250,16 @@ async fn a_learner_joins_through_a_snapshot_and_a_node_leaves_while_serving() {
 
     admin
         .change_membership(pb::ChangeMembershipRequest {
-            voters: vec![1, 2, 3, 4],
-            retain: false,
-            remove_learners: vec![],
+            add_voters: vec![4],
+            ..Default::default()
         })
         .await
         .expect("the learner is promoted");
     admin
         .change_membership(with_deadline(
             pb::ChangeMembershipRequest {
-                voters: vec![2, 3, 4],
-                retain: false,
-                remove_learners: vec![],
+                remove_voters: vec![1],
+                ..Default::default()
             },
             Duration::from_secs(20),
         ))

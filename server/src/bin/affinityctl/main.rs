@@ -507,14 +507,9 @@ async fn members(ctl: &Ctl, action: MembersCmd) -> Output {
                     "node {node_id} is not a member; add it first"
                 )));
             }
-            let mut new_voters = voters.clone();
-            if !new_voters.contains(&node_id) {
-                new_voters.push(node_id);
-            }
             change(pb::ChangeMembershipRequest {
-                voters: new_voters,
-                retain: false,
-                remove_learners: vec![],
+                add_voters: vec![node_id],
+                ..Default::default()
             })
             .await
         }
@@ -523,18 +518,15 @@ async fn members(ctl: &Ctl, action: MembersCmd) -> Output {
                 return Err(Status::not_found(format!("node {node_id} is not a member")));
             }
             if voters.contains(&node_id) {
-                let rest: Vec<u64> = voters.iter().copied().filter(|v| *v != node_id).collect();
                 change(pb::ChangeMembershipRequest {
-                    voters: rest,
-                    retain: false,
-                    remove_learners: vec![],
+                    remove_voters: vec![node_id],
+                    ..Default::default()
                 })
                 .await
             } else {
                 change(pb::ChangeMembershipRequest {
-                    voters: vec![],
-                    retain: false,
                     remove_learners: vec![node_id],
+                    ..Default::default()
                 })
                 .await
             }
