@@ -44,6 +44,31 @@ if [ "${AFFINITY_REQUIRE_DOCKER:-}" = "1" ] && ! docker info >/dev/null 2>&1; th
   docker info >/dev/null 2>&1 || { say "the Docker daemon does not answer"; exit 1; }
 fi
 
+# The deploy tests validate the Kubernetes manifests with kubernetes-validate (from PyPI,
+# into a virtualenv of its own) and the compose file with docker-compose. Without them those
+# checks skip, except under AFFINITY_REQUIRE_DOCKER=1.
+require_tools=0
+[ "${AFFINITY_REQUIRE_DOCKER:-}" = "1" ] && require_tools=1
+venv="$HOME/.cache/affinity/venv"
+if ! command -v kubernetes-validate >/dev/null 2>&1 && ! [ -x "$venv/bin/kubernetes-validate" ]; then
+  if ! python3 -m venv --help >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    say "installing: python3-venv"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+  fi
+  say "installing: kubernetes-validate (PyPI) into $venv"
+  if ! { python3 -m venv "$venv" && "$venv/bin/pip" install -q kubernetes-validate==1.37.0; }; then
+    say "could not install kubernetes-validate"
+    [ "$require_tools" = 1 ] && exit 1
+  fi
+fi
+if [ "$require_tools" = 1 ] && ! command -v docker-compose >/dev/null 2>&1; then
+  command -v apt-get >/dev/null 2>&1 || { say "docker-compose is missing and there is no apt-get"; exit 1; }
+  say "installing: docker-compose"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose
+fi
+
 if ! command -v cargo >/dev/null 2>&1 && ! [ -x "$HOME/.cargo/bin/cargo" ]; then
   say "cargo is missing: install a stable Rust toolchain (https://rustup.rs), then rerun"
   exit 1

@@ -4,10 +4,16 @@
 //! - [`cluster`] starts a cluster of `affinityd` processes on ports it reserves, each in its
 //!   own data folder, and kills, stops and restarts them; everything is removed when the
 //!   cluster is dropped, and every node's log is printed when a test fails.
+//! - [`containers`] runs a cluster of `affinityd` containers (static peers, or laid out
+//!   exactly as the StatefulSet runs its pods) and inflicts faults on it; [`docker`] is
+//!   the Docker connection under it; [`workload`] and [`checker`] are the chaos tests'
+//!   gateway-like load and the checker of its history.
+//! - [`kustomize`] renders the project's Kubernetes manifests without kubectl.
 //! - [`requests`] builds the requests tests send.
 //! - [`wait`] waits for a condition with a bound and a clear message when it times out.
 //!
-//! The tests themselves live in one binary, `tests/it/main.rs`.
+//! The tests live in three binaries: `tests/it` (processes on loopback), `tests/chaos`
+//! (containers under faults) and `tests/deploy` (manifests and the StatefulSet rehearsal).
 
 // The harness is test code: when it cannot set something up, the test fails, loudly.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -17,6 +23,7 @@ pub mod checker;
 pub mod cluster;
 pub mod containers;
 pub mod docker;
+pub mod kustomize;
 pub mod requests;
 pub mod wait;
 pub mod workload;

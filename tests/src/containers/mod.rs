@@ -28,11 +28,9 @@ use affinity_proto::pb::cluster_client::ClusterClient;
 use bollard::Docker;
 use bollard::models::{
     ContainerCreateBody, EndpointSettings, HostConfig, Mount, MountType, NetworkConnectRequest,
-    NetworkCreateRequest, NetworkDisconnectRequest, NetworkingConfig, VolumeCreateRequest,
+    NetworkCreateRequest, NetworkingConfig, VolumeCreateRequest,
 };
-use bollard::query_parameters::{
-    CreateContainerOptions, KillContainerOptions, LogsOptions, StopContainerOptions,
-};
+use bollard::query_parameters::{CreateContainerOptions, LogsOptions};
 use futures::StreamExt;
 use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
@@ -40,6 +38,8 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::{bins, docker, wait};
+
+mod faults;
 
 /// The gRPC port inside every container.
 pub const GRPC_PORT: u16 = 7400;
@@ -57,6 +57,31 @@ pub struct ContainerOptions {
     pub sweep_interval: &'static str,
     /// Log filter of every node.
     pub log_level: &'static str,
+    /// How the nodes learn their ids and find each other.
+    pub layout: Layout,
+}
+
+/// How the nodes learn their ids and find each other.
+#[derive(Debug, Clone)]
+pub enum Layout {
+    /// `AFFINITY_NODE_ID` and an `AFFINITY_PEERS` list naming every initial node, with the
+    /// timing and log settings of [`ContainerOptions`].
+    StaticPeers,
+    /// Exactly as a StatefulSet runs the pods: these arguments, with `$(POD_NAME)` and
+    /// `$(POD_NAMESPACE)` set as the downward API sets them; `config` mounted read-only at
+    /// `/etc/affinity/affinityd.toml`; a read-only root file system; node `i` reachable
+    /// by its peers as `affinity-i.<service>.<namespace>.svc` (and `affinity-i`). The
+    /// timing and log settings of [`ContainerOptions`] are not used: the file has them.
+    StatefulSet {
+        /// The container's `args`.
+        args: Vec<String>,
+        /// The ConfigMap's `affinityd.toml`, as a file on this machine.
+        config: PathBuf,
+        /// The headless service's name.
+        service: String,
+        /// The namespace.
+        namespace: String,
+    },
 }
 
 impl Default for ContainerOptions {
@@ -67,6 +92,7 @@ impl Default for ContainerOptions {
             election_timeout: "1s",
             sweep_interval: "500ms",
             log_level: "info,openraft=warn",
+            layout: Layout::StaticPeers,
         }
     }
 }
@@ -116,43 +142,85 @@ impl ContainerCluster {
             .join(test);
         let _ = std::fs::remove_dir_all(&out_dir);
         std::fs::create_dir_all(&out_dir).expect("create the test's output folder");
-        let nodes = (0..options.nodes)
-            .map(|i| Node {
-                container: format!("{prefix}-{}", peer_name(i)),
-                access: format!("{prefix}-access-{i}"),
-                volume: format!("{prefix}-data-{i}"),
-                ip: Mutex::new(None),
-                last_log: Arc::new(Mutex::new(String::new())),
-            })
-            .collect();
-        let cluster = ContainerCluster {
+        let mut cluster = ContainerCluster {
             peers: format!("{prefix}-peers"),
             docker,
             prefix,
-            options,
-            nodes,
+            nodes: Vec::new(),
             out_dir,
+            options,
         };
         cluster.create_network(&cluster.peers).await;
-        for i in 0..cluster.nodes.len() {
-            cluster.create_network(&cluster.nodes[i].access).await;
-            cluster
-                .docker
-                .create_volume(VolumeCreateRequest {
-                    name: Some(cluster.nodes[i].volume.clone()),
-                    labels: Some(docker::labels(&cluster.prefix)),
-                    ..Default::default()
-                })
-                .await
-                .expect("create a volume");
-            cluster.create_container(i).await;
+        for _ in 0..cluster.options.nodes {
+            cluster.create_node().await;
         }
-        for i in 0..cluster.nodes.len() {
+        for i in cluster.all() {
             cluster.start_node(i).await;
         }
         cluster.wait_all_ready().await;
         cluster.wait_leader(&cluster.all()).await;
         Some(cluster)
+    }
+
+    /// Make the next node's network, volume and container (not started); its ordinal.
+    async fn create_node(&mut self) -> usize {
+        let i = self.nodes.len();
+        let prefix = &self.prefix;
+        self.nodes.push(Node {
+            container: format!("{prefix}-{}", peer_name(i)),
+            access: format!("{prefix}-access-{i}"),
+            volume: format!("{prefix}-data-{i}"),
+            ip: Mutex::new(None),
+            last_log: Arc::new(Mutex::new(String::new())),
+        });
+        self.create_network(&self.nodes[i].access).await;
+        self.docker
+            .create_volume(VolumeCreateRequest {
+                name: Some(self.nodes[i].volume.clone()),
+                labels: Some(docker::labels(&self.prefix)),
+                ..Default::default()
+            })
+            .await
+            .expect("create a volume");
+        self.create_container(i).await;
+        i
+    }
+
+    /// Scale up: start one more node (the next ordinal) and return its ordinal. It is not
+    /// waited on: how it joins is what the caller tests.
+    pub async fn add_node(&mut self) -> usize {
+        let i = self.create_node().await;
+        self.start_node(i).await;
+        i
+    }
+
+    /// Scale down: remove the node with the highest ordinal, its container, network and
+    /// volume (as a StatefulSet scaled down and its claim deleted).
+    pub async fn remove_last_node(&mut self) {
+        let Some(node) = self.nodes.pop() else {
+            return;
+        };
+        docker::remove_container(&self.docker, &node.container).await;
+        let _ = self.docker.remove_network(&node.access).await;
+        let _ = self
+            .docker
+            .remove_volume(
+                &node.volume,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await;
+    }
+
+    /// The names node `i` has on the peer network.
+    fn aliases(&self, i: usize) -> Vec<String> {
+        let mut names = vec![peer_name(i)];
+        if let Layout::StatefulSet {
+            service, namespace, ..
+        } = &self.options.layout
+        {
+            names.push(format!("{}.{service}.{namespace}.svc", peer_name(i)));
+        }
+        names
     }
 
     async fn create_network(&self, name: &str) {
@@ -167,8 +235,9 @@ impl ContainerCluster {
             .unwrap_or_else(|e| panic!("create network {name}: {e}"));
     }
 
+    /// `AFFINITY_PEERS`: the initial nodes (the options' count, also while they are made).
     fn peers_flag(&self) -> String {
-        (0..self.nodes.len())
+        (0..self.options.nodes)
             .map(|i| format!("{}={}:{GRPC_PORT}", i + 1, peer_name(i)))
             .collect::<Vec<_>>()
             .join(",")
@@ -178,38 +247,76 @@ impl ContainerCluster {
     /// its access network, with its volume.
     async fn create_container(&self, i: usize) {
         let node = &self.nodes[i];
-        let env = vec![
-            format!("AFFINITY_NODE_ID={}", i + 1),
-            format!("AFFINITY_ADVERTISE={}:{GRPC_PORT}", peer_name(i)),
-            format!("AFFINITY_PEERS={}", self.peers_flag()),
-            format!("AFFINITY_RAFT_HEARTBEAT={}", self.options.heartbeat),
-            format!(
-                "AFFINITY_RAFT_ELECTION_TIMEOUT={}",
-                self.options.election_timeout
+        let mut mounts = vec![Mount {
+            target: Some("/var/lib/affinity".into()),
+            source: Some(node.volume.clone()),
+            typ: Some(MountType::VOLUME),
+            ..Default::default()
+        }];
+        let (env, cmd, read_only) = match &self.options.layout {
+            Layout::StaticPeers => (
+                vec![
+                    format!("AFFINITY_NODE_ID={}", i + 1),
+                    format!("AFFINITY_ADVERTISE={}:{GRPC_PORT}", peer_name(i)),
+                    format!("AFFINITY_PEERS={}", self.peers_flag()),
+                    format!("AFFINITY_RAFT_HEARTBEAT={}", self.options.heartbeat),
+                    format!(
+                        "AFFINITY_RAFT_ELECTION_TIMEOUT={}",
+                        self.options.election_timeout
+                    ),
+                    format!("AFFINITY_SWEEP_INTERVAL={}", self.options.sweep_interval),
+                    format!("AFFINITY_LOG_LEVEL={}", self.options.log_level),
+                ],
+                None,
+                false,
             ),
-            format!("AFFINITY_SWEEP_INTERVAL={}", self.options.sweep_interval),
-            format!("AFFINITY_LOG_LEVEL={}", self.options.log_level),
-        ];
+            Layout::StatefulSet {
+                args,
+                config,
+                namespace,
+                ..
+            } => {
+                mounts.push(Mount {
+                    target: Some("/etc/affinity/affinityd.toml".into()),
+                    source: Some(config.display().to_string()),
+                    typ: Some(MountType::BIND),
+                    read_only: Some(true),
+                    ..Default::default()
+                });
+                let args = args
+                    .iter()
+                    .map(|a| {
+                        a.replace("$(POD_NAME)", &peer_name(i))
+                            .replace("$(POD_NAMESPACE)", namespace)
+                    })
+                    .collect();
+                (
+                    vec![
+                        format!("POD_NAME={}", peer_name(i)),
+                        format!("POD_NAMESPACE={namespace}"),
+                    ],
+                    Some(args),
+                    true,
+                )
+            }
+        };
         let body = ContainerCreateBody {
             image: Some(docker::IMAGE.to_string()),
             hostname: Some(peer_name(i)),
             env: Some(env),
+            cmd,
             labels: Some(docker::labels(&self.prefix)),
             host_config: Some(HostConfig {
                 network_mode: Some(self.peers.clone()),
-                mounts: Some(vec![Mount {
-                    target: Some("/var/lib/affinity".into()),
-                    source: Some(node.volume.clone()),
-                    typ: Some(MountType::VOLUME),
-                    ..Default::default()
-                }]),
+                mounts: Some(mounts),
+                readonly_rootfs: Some(read_only),
                 ..Default::default()
             }),
             networking_config: Some(NetworkingConfig {
                 endpoints_config: Some(HashMap::from([(
                     self.peers.clone(),
                     EndpointSettings {
-                        aliases: Some(vec![peer_name(i)]),
+                        aliases: Some(self.aliases(i)),
                         ..Default::default()
                     },
                 )])),
@@ -429,148 +536,6 @@ impl ContainerCluster {
             },
         )
         .await
-    }
-
-    /// Fault: SIGKILL node `i` (the container stops at once; its volume stays).
-    pub async fn kill(&self, i: usize) {
-        self.docker
-            .kill_container(
-                &self.nodes[i].container,
-                Some(KillContainerOptions {
-                    signal: "SIGKILL".into(),
-                }),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("kill node {i}: {e}"));
-        self.wait_stopped(i).await;
-    }
-
-    /// Fault: stop node `i` gracefully (SIGTERM, then SIGKILL after 20 s).
-    pub async fn stop(&self, i: usize) {
-        self.docker
-            .stop_container(
-                &self.nodes[i].container,
-                Some(StopContainerOptions {
-                    t: Some(20),
-                    signal: None,
-                }),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("stop node {i}: {e}"));
-        self.wait_stopped(i).await;
-    }
-
-    /// Node `i`'s exit code, once its container has stopped.
-    pub async fn exit_code(&self, i: usize) -> Option<i64> {
-        let inspected = self
-            .docker
-            .inspect_container(&self.nodes[i].container, None)
-            .await
-            .ok()?;
-        let state = inspected.state?;
-        if state.running == Some(true) {
-            None
-        } else {
-            state.exit_code
-        }
-    }
-
-    async fn wait_stopped(&self, i: usize) {
-        wait::until(
-            &format!("node {i}'s container has stopped"),
-            Duration::from_secs(30),
-            || async move {
-                match self.exit_code(i).await {
-                    Some(code) => Ok(code),
-                    None => Err("still running"),
-                }
-            },
-        )
-        .await;
-    }
-
-    /// Fault: freeze node `i` (`docker pause`): it stops answering without closing a
-    /// connection.
-    pub async fn pause(&self, i: usize) {
-        self.docker
-            .pause_container(&self.nodes[i].container)
-            .await
-            .unwrap_or_else(|e| panic!("pause node {i}: {e}"));
-    }
-
-    /// Heal: thaw node `i`.
-    pub async fn unpause(&self, i: usize) {
-        self.docker
-            .unpause_container(&self.nodes[i].container)
-            .await
-            .unwrap_or_else(|e| panic!("unpause node {i}: {e}"));
-    }
-
-    /// Fault: cut node `i` off its peers (it stays reachable by the test). Cutting off the
-    /// leader alone isolates it in a minority of one.
-    pub async fn cut_off(&self, i: usize) {
-        self.docker
-            .disconnect_network(
-                &self.peers,
-                NetworkDisconnectRequest {
-                    container: self.nodes[i].container.clone(),
-                    force: Some(true),
-                },
-            )
-            .await
-            .unwrap_or_else(|e| panic!("disconnect node {i}: {e}"));
-    }
-
-    /// Heal: put node `i` back on the peer network under its name.
-    pub async fn reconnect(&self, i: usize) {
-        self.docker
-            .connect_network(
-                &self.peers,
-                NetworkConnectRequest {
-                    container: self.nodes[i].container.clone(),
-                    endpoint_config: Some(EndpointSettings {
-                        aliases: Some(vec![peer_name(i)]),
-                        ..Default::default()
-                    }),
-                },
-            )
-            .await
-            .unwrap_or_else(|e| panic!("reconnect node {i}: {e}"));
-    }
-
-    /// Fault and heal: SIGKILL node `i` and start it again on the same volume.
-    pub async fn restart(&self, i: usize) {
-        self.kill(i).await;
-        self.start_node(i).await;
-    }
-
-    /// Fault: stop every node gracefully.
-    pub async fn stop_all(&self) {
-        for i in self.all() {
-            self.stop(i).await;
-        }
-    }
-
-    /// Heal: start every node.
-    pub async fn start_all(&self) {
-        for i in self.all() {
-            self.start_node(i).await;
-        }
-    }
-
-    /// Replace node `i`'s container by a new one on the same volume, as a rescheduled pod
-    /// gets: the old container is removed (SIGKILL), a new one created and, unless
-    /// `isolated`, joined to the peer network. An isolated replacement starts cut off from
-    /// its peers, to show what its volume alone gives it.
-    pub async fn replace(&self, i: usize, isolated: bool) {
-        docker::remove_container(&self.docker, &self.nodes[i].container).await;
-        *self.nodes[i].last_log.lock() = String::new();
-        *self.nodes[i].ip.lock() = None;
-        self.create_container(i).await;
-        if isolated {
-            self.cut_off(i).await;
-        }
-        self.start_node(i).await;
     }
 }
 
