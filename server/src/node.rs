@@ -439,6 +439,24 @@ impl Node {
         }
     }
 
+    /// Wait until this node has applied the log up to `index`.
+    pub async fn wait_applied(&self, index: u64, budget: Budget) -> Result<(), ServiceError> {
+        let mut metrics = self.raft.metrics();
+        let waited = tokio::time::timeout_at(budget.until, async {
+            loop {
+                let applied = metrics
+                    .borrow_watched()
+                    .last_applied
+                    .map_or(0, |id| id.index());
+                if applied >= index || metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+        waited.map_err(|_| budget.expired("catching up with the leader's log"))
+    }
+
     /// Build a snapshot now and wait for it.
     pub async fn snapshot(
         &self,

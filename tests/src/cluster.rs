@@ -222,6 +222,11 @@ impl Cluster {
         .await
     }
 
+    /// Node `id`'s data folder.
+    pub fn data_dir(&self, id: u64) -> &Path {
+        &self.nodes[&id].data_dir
+    }
+
     /// The gRPC address of node `id`.
     pub fn addr(&self, id: u64) -> SocketAddr {
         self.nodes[&id].grpc
@@ -272,7 +277,8 @@ impl Cluster {
             .collect()
     }
 
-    fn channel(&self, id: u64) -> Channel {
+    /// A lazily connecting channel to node `id`.
+    pub fn channel(&self, id: u64) -> Channel {
         Endpoint::from_shared(format!("http://{}", self.addr(id)))
             .expect("valid uri")
             .connect_timeout(Duration::from_secs(2))

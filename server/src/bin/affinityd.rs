@@ -41,6 +41,14 @@ enum Command {
     /// Check the settings (flags, environment, --config) without starting, and print them
     /// as the node would use them (JSON). Exits 2 naming the first wrong setting.
     Check,
+    /// Disaster recovery: write what this (stopped) node's data directory holds to a
+    /// snapshot file, which `affinityctl restore` puts into a new cluster.
+    Export {
+        /// The file to write (replaced atomically), or `-` for standard output (the summary
+        /// then goes to standard error).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -387,6 +395,31 @@ fn check(settings: &Settings) -> Result<serde_json::Value, String> {
     }))
 }
 
+async fn export(settings: &Settings, out: &Path) -> Result<(), String> {
+    let config = &settings.config;
+    let exported = if out == Path::new("-") {
+        let stdout = std::io::stdout().lock();
+        affinity_server::store::export::export_to(&config.data_dir, &config.storage, stdout).await
+    } else {
+        affinity_server::store::export::export(&config.data_dir, &config.storage, out).await
+    }
+    .map_err(|e| e.to_string())?;
+    let summary = serde_json::json!({
+        "file": out,
+        "data_dir": config.data_dir,
+        "last_log_index": exported.last_log_index,
+        "replayed_entries": exported.replayed_entries,
+        "lease_count": exported.lease_count,
+        "bytes": exported.bytes,
+    });
+    if out == Path::new("-") {
+        eprintln!("{summary}");
+    } else {
+        println!("{summary:#}");
+    }
+    Ok(())
+}
+
 async fn run_dev(dev: DevArgs, base: Settings) -> Result<(), String> {
     if !(1..=9).contains(&dev.nodes) {
         return Err(format!("--nodes must be 1..=9 (got {})", dev.nodes));
@@ -491,6 +524,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Some(Command::Dev(dev)) => run_dev(dev, settings).await,
+            Some(Command::Export { out }) => export(&settings, &out).await,
             Some(Command::Check) | None => run_node(settings).await,
         }
     });

@@ -10,6 +10,7 @@ use affinity_proto::request::{check_endpoint, check_scope};
 use affinity_proto::{ClientKey, Policy, ValidationError, pb, request};
 
 use super::lease::{Lease, prefix_from_pb, prefix_to_pb};
+use super::snapshot::lease_from_stored;
 
 /// A state-machine command: an operation and the leader's clock when it was proposed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +78,12 @@ pub enum Op {
         /// Upper bound of the sweep (capped at the command's own time).
         up_to_ms: i64,
     },
+    /// Put back leases from a backup: each one still live whose key holds no live lease is
+    /// created with its own times; the others are skipped.
+    Import {
+        /// The leases, as read from the backup.
+        leases: Vec<Lease>,
+    },
 }
 
 impl Op {
@@ -113,6 +120,7 @@ impl Op {
             Op::DrainEndpoint { .. } => "drain_endpoint",
             Op::Touch { .. } => "touch",
             Op::Sweep { .. } => "sweep",
+            Op::Import { .. } => "import",
         }
     }
 }
@@ -129,6 +137,7 @@ impl fmt::Display for Command {
             }
             Op::Touch { keys } => write!(f, "({} keys)", keys.len()),
             Op::Sweep { up_to_ms } => write!(f, "(<= {up_to_ms})"),
+            Op::Import { leases } => write!(f, "({} leases)", leases.len()),
         }
     }
 }
@@ -160,6 +169,15 @@ pub enum Outcome {
     Touched(u64),
     /// Result of a Sweep: leases removed.
     Swept(u64),
+    /// Result of an Import.
+    Imported {
+        /// Leases created.
+        imported: u64,
+        /// Skipped: already ended.
+        expired: u64,
+        /// Skipped: the key holds a live lease.
+        present: u64,
+    },
     /// Entries that carry no command (blank, membership).
     Nothing,
 }
@@ -280,6 +298,9 @@ impl Command {
             Op::Sweep { up_to_ms } => W::Sweep(pb::SweepOp {
                 up_to_ms: *up_to_ms,
             }),
+            Op::Import { leases } => W::Import(pb::ImportOp {
+                leases: leases.iter().map(Lease::to_stored).collect(),
+            }),
         };
         pb::Command {
             stamp_ms: self.stamp_ms,
@@ -348,6 +369,17 @@ impl Command {
             },
             Some(W::Sweep(s)) => Op::Sweep {
                 up_to_ms: s.up_to_ms,
+            },
+            Some(W::Import(i)) => Op::Import {
+                leases: i
+                    .leases
+                    .into_iter()
+                    .enumerate()
+                    .map(|(n, stored)| {
+                        lease_from_stored(stored)
+                            .map_err(|rule| ValidationError::new(format!("leases[{n}]"), rule))
+                    })
+                    .collect::<Result<_, _>>()?,
             },
         };
         Ok(Command {

@@ -17,6 +17,7 @@
 //! - every change emits an [`Event`] stamped with the command's log index.
 
 pub mod command;
+mod import;
 pub mod lease;
 pub mod snapshot;
 
@@ -170,6 +171,7 @@ impl LeaseTable {
                 Outcome::Touched(touched)
             }
             Op::Sweep { up_to_ms } => self.sweep(revision, (*up_to_ms).min(now), events),
+            Op::Import { leases } => self.import(revision, now, leases, events),
         }
     }
 

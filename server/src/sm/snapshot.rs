@@ -171,7 +171,8 @@ pub fn read<R: Read>(input: R) -> Result<Decoded, SnapshotError> {
     Ok(Decoded { meta, table, stats })
 }
 
-fn lease_from_stored(s: pb::StoredLease) -> Result<Lease, String> {
+/// A stored lease, checked: scope, endpoint and prefix rules, and times in order.
+pub fn lease_from_stored(s: pb::StoredLease) -> Result<Lease, String> {
     check_scope("scope", &s.scope).map_err(|e| e.to_string())?;
     check_endpoint("endpoint", &s.endpoint).map_err(|e| e.to_string())?;
     let key = prefix_from_pb(s.prefix.as_ref()).map_err(|e| e.to_string())?;

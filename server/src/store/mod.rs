@@ -9,12 +9,14 @@
 //!
 //! [`open`] creates a fresh directory or opens an existing one after checking its data
 //! version (written once, checked every time: an unknown version is refused with a clear
-//! error). It returns the openraft log store and state machine.
+//! error). It returns the openraft log store and state machine. [`export::export`] turns a
+//! stopped node's directory into a snapshot file, for disaster recovery.
 //!
 //! This layer knows the state machine and sled; it knows nothing of gRPC.
 
 pub mod changes;
 pub mod durable;
+pub mod export;
 pub mod log;
 pub mod snapshots;
 pub mod state;

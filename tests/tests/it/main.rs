@@ -17,6 +17,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod agreement;
+mod backup;
 mod bad_input;
 mod client;
 mod cluster_basics;

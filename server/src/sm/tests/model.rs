@@ -181,6 +181,27 @@ impl Model {
                 self.leases.retain(|_, l| l.end_ms() > bound);
                 Outcome::Swept((before - self.leases.len()) as u64)
             }
+            Op::Import { leases } => {
+                let (mut imported, mut expired, mut present) = (0, 0, 0);
+                for lease in leases {
+                    if !lease.is_live(now) {
+                        expired += 1;
+                    } else if self.live(&lease.scope, lease.key).is_some() {
+                        present += 1;
+                    } else {
+                        let mut lease = lease.clone();
+                        lease.revision = rev;
+                        self.leases
+                            .insert((lease.scope.to_string(), lease.key), lease);
+                        imported += 1;
+                    }
+                }
+                Outcome::Imported {
+                    imported,
+                    expired,
+                    present,
+                }
+            }
         }
     }
 }
@@ -222,7 +243,24 @@ fn arb_command() -> impl Strategy<Value = Command> {
             }
         ),
         1 => (scope.clone(), key.clone()).prop_map(|(scope, key)| Op::Release { scope, key }),
-        1 => (proptest::option::of(scope.clone()), endpoint).prop_map(|(scope, endpoint)| Op::DrainEndpoint { scope, endpoint }),
+        1 => (proptest::option::of(scope.clone()), endpoint.clone()).prop_map(|(scope, endpoint)| Op::DrainEndpoint { scope, endpoint }),
+        1 => proptest::collection::vec((scope.clone(), key.clone(), endpoint, 0i64..1_000, 1i64..400), 0..4).prop_map(
+            |leases| Op::Import {
+                leases: leases
+                    .into_iter()
+                    .map(|(scope, key, endpoint, created, lifetime)| Lease {
+                        scope: scope.into(),
+                        key,
+                        endpoint: endpoint.into(),
+                        created_at_ms: created,
+                        expires_at_ms: created + lifetime,
+                        idle_timeout_ms: None,
+                        last_used_ms: created,
+                        revision: 1,
+                    })
+                    .collect(),
+            }
+        ),
         1 => proptest::collection::vec((scope, key), 0..3).prop_map(|keys| Op::Touch { keys }),
         1 => (0i64..1_000).prop_map(|up_to_ms| Op::Sweep { up_to_ms }),
     ];
