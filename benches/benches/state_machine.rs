@@ -5,21 +5,10 @@
 
 use std::hint::black_box;
 
-use affinity_bench::resolve_command;
+use affinity_bench::{ENDPOINTS, resolve_command};
 use affinity_proto::{ClientKey, Masks};
 use affinity_server::sm::LeaseTable;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-
-const ENDPOINTS: [&str; 8] = [
-    "10.4.0.1:8080",
-    "10.4.0.2:8080",
-    "10.4.0.3:8080",
-    "10.4.0.4:8080",
-    "10.4.0.5:8080",
-    "10.4.0.6:8080",
-    "10.4.0.7:8080",
-    "10.4.0.8:8080",
-];
 
 fn filled(n: u32) -> LeaseTable {
     let mut table = LeaseTable::new();

@@ -6,6 +6,8 @@
 //! - `state_machine`: applying commands to the lease table, and reads from it;
 //! - `log_append`: what durability costs: a log append acknowledged after sled's flush
 //!   alone versus after a real `fdatasync`, one writer and many.
+//! - `cache_choice` and `client`: the gateway client's cache and its calls to a cluster;
+//! - `sizing` (not criterion): memory and snapshot bytes per lease, for sizing nodes.
 //!
 //! Run them with `cargo bench -p affinity-bench`; results and the machine they came from
 //! are recorded in `docs/benchmarks.md`.
@@ -14,6 +16,19 @@ use std::sync::Arc;
 
 use affinity_proto::ClientKey;
 use affinity_server::sm::{Command, Op};
+
+/// Eight backend endpoints, the pool the state machine and sizing benchmarks spread
+/// leases over.
+pub const ENDPOINTS: [&str; 8] = [
+    "10.4.0.1:8080",
+    "10.4.0.2:8080",
+    "10.4.0.3:8080",
+    "10.4.0.4:8080",
+    "10.4.0.5:8080",
+    "10.4.0.6:8080",
+    "10.4.0.7:8080",
+    "10.4.0.8:8080",
+];
 
 /// A Resolve command for the `n`-th distinct IPv4 /32 key of `scope`.
 pub fn resolve_command(scope: &str, n: u32, stamp_ms: i64, endpoint: &str) -> Command {

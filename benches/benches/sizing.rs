@@ -1,0 +1,78 @@
+//! What a lease costs in memory and on disk, for sizing nodes (not a criterion benchmark:
+//! it measures bytes, once).
+//!
+//! - memory: the resident set of this process before and after filling a lease table with
+//!   N leases (one scope, IPv4 keys, 8 shared endpoints), per lease;
+//! - snapshot: the size of the snapshot file of that table, per lease (what a snapshot, a
+//!   backup and a new member's catch-up transfer cost);
+//! - log: the encoded size of one `Resolve` command (one Raft log entry's payload).
+//!
+//! `cargo bench -p affinity-bench --bench sizing`. With `AFFINITY_SIZING_BACKUP=FILE` it
+//! also writes the 100k-lease table as a backup file, for measuring a real node
+//! (`affinityctl restore FILE`, then the node's RSS and data directory).
+
+#![allow(clippy::expect_used, clippy::cast_precision_loss)]
+
+use affinity_bench::{ENDPOINTS, resolve_command};
+use affinity_proto::pb;
+use affinity_server::sm::{LeaseTable, snapshot};
+use prost::Message;
+
+/// Resident set size of this process, in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("Linux /proc");
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .expect("statm has a resident field");
+    pages * 4096
+}
+
+fn filled(n: u32) -> LeaseTable {
+    let mut table = LeaseTable::new();
+    let mut events = Vec::new();
+    for i in 0..n {
+        let endpoint = ENDPOINTS[i as usize % ENDPOINTS.len()];
+        let cmd = resolve_command(
+            "default/web/0",
+            i,
+            affinity_server::clock::now_ms(),
+            endpoint,
+        );
+        table.apply(u64::from(i) + 1, &cmd, &mut events);
+        events.clear();
+    }
+    table
+}
+
+fn main() {
+    // criterion-style arguments (`--bench`) are accepted and ignored.
+    println!("| leases | memory per lease | snapshot bytes per lease |");
+    println!("| --- | --- | --- |");
+    for n in [100_000u32, 1_000_000] {
+        let before = rss();
+        let table = filled(n);
+        let after = rss();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("sizing.snapshot");
+        let file = std::fs::File::create(&path).expect("create");
+        let stats = snapshot::write(&table, pb::SnapshotMeta::default(), file).expect("write");
+        let per_lease_memory = after.saturating_sub(before) as f64 / f64::from(n);
+        let per_lease_snapshot = stats.bytes as f64 / f64::from(n);
+        println!("| {n} | {per_lease_memory:.0} B | {per_lease_snapshot:.1} B |");
+        if n == 100_000
+            && let Some(out) = std::env::var_os("AFFINITY_SIZING_BACKUP")
+        {
+            std::fs::copy(&path, &out).expect("copy the backup");
+            println!("(100k-lease backup written to {})", out.to_string_lossy());
+        }
+        drop(table);
+    }
+    let cmd = resolve_command("default/web/0", 77, 1_700_000_000_000, ENDPOINTS[0]);
+    println!(
+        "\nlog: one Resolve command encodes to {} bytes (scope \"default/web/0\", IPv4 /32 key, endpoint \"{}\")",
+        cmd.to_pb().encoded_len(),
+        ENDPOINTS[0]
+    );
+}
