@@ -9,8 +9,13 @@
 //! - `cache_choice` and `client`: the gateway client's cache and its calls to a cluster;
 //! - `sizing` (not criterion): memory and snapshot bytes per lease, for sizing nodes.
 //!
+//! The load generator `affinity-bench` (`src/bin`, on [`load`]) drives a running or
+//! self-started cluster with a workload and reports throughput and latency.
+//!
 //! Run them with `cargo bench -p affinity-bench`; results and the machine they came from
 //! are recorded in `docs/benchmarks.md`.
+
+pub mod load;
 
 use std::sync::Arc;
 

@@ -1,0 +1,329 @@
+//! `affinity-bench`: a load generator for an affinity cluster.
+//!
+//! ```text
+//! affinity-bench --spawn 3 --workload create,hit,cached --callers 1,16,256 --duration 10s
+//! affinity-bench --endpoints 10.0.0.1:7400,10.0.0.2:7400 --workload mixed --rate 5000
+//! ```
+//!
+//! Each (workload, callers) pair is one run on fresh keys; runs print one line each and,
+//! with `--json-out`, are written as a JSON array. See `docs/benchmarks.md`.
+
+#![allow(clippy::cast_precision_loss)]
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use affinity_bench::load::run::{Limit, Mode, drive};
+use affinity_bench::load::spawn::{LocalCluster, find_affinityd, wait_leader};
+use affinity_bench::load::workload::{Keys, Workload, address, endpoint, policy, request};
+use affinity_bench::load::{report, run::Measured};
+use affinity_proto::pb::affinity_client::AffinityClient as RawClient;
+use affinity_proto::{GatewayDuration, Policy, code_name};
+use clap::Parser;
+use serde_json::json;
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+#[command(
+    name = "affinity-bench",
+    version,
+    about = "Load generator for an affinity cluster"
+)]
+struct Cli {
+    /// Cluster to load, HOST:PORT,... (any nodes of it).
+    #[arg(long, value_delimiter = ',', conflicts_with = "spawn")]
+    endpoints: Vec<String>,
+    /// Start a local cluster of this many nodes instead (data on disk under --data-root).
+    #[arg(long)]
+    spawn: Option<u64>,
+    /// The affinityd binary for --spawn. [default: next to this binary]
+    #[arg(long)]
+    affinityd: Option<PathBuf>,
+    /// Folder for --spawn's data (a fresh subfolder is made and removed).
+    #[arg(long, default_value = ".")]
+    data_root: PathBuf,
+    /// Workloads to run, in order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "create")]
+    workload: Vec<Workload>,
+    /// Closed loop: concurrent callers; one run per value.
+    #[arg(long, value_delimiter = ',', default_value = "16")]
+    callers: Vec<usize>,
+    /// Open loop instead: operations started per second (latency counts queueing).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Open loop: most operations in flight.
+    #[arg(long, default_value_t = 1024)]
+    in_flight: usize,
+    /// gRPC connections (HTTP/2) shared by the callers.
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Length of each run.
+    #[arg(long, default_value = "10s")]
+    duration: GatewayDuration,
+    /// Stop each run after this many operations (if sooner than --duration).
+    #[arg(long)]
+    ops: Option<u64>,
+    /// Live leases preloaded for hit, cached and mixed; key space of churn.
+    #[arg(long, default_value_t = 10_000)]
+    keys: u32,
+    /// mixed: share of operations that create a new lease.
+    #[arg(long, default_value_t = 0.05)]
+    create_ratio: f64,
+    /// mixed: Zipf exponent of key popularity.
+    #[arg(long, default_value_t = 1.0)]
+    zipf: f64,
+    /// Lease lifetime (all but churn).
+    #[arg(long, default_value = "1h")]
+    lease_timeout: GatewayDuration,
+    /// churn: lease lifetime, short so that leases end and are swept during the run.
+    #[arg(long, default_value = "2s")]
+    churn_timeout: GatewayDuration,
+    /// Send raw requests to the leader only (as the client does), or spread them over
+    /// every endpoint (followers forward writes).
+    #[arg(long, default_value = "leader", value_parser = ["leader", "all"])]
+    target: String,
+    /// Write every run's figures here as a JSON array.
+    #[arg(long)]
+    json_out: Option<PathBuf>,
+}
+
+/// Per-call deadline of the raw workloads.
+const CALL_DEADLINE: Duration = Duration::from_secs(5);
+
+async fn connect(
+    addresses: &[String],
+    connections: usize,
+) -> Result<Vec<RawClient<Channel>>, String> {
+    let mut clients = Vec::new();
+    for i in 0..connections.max(1) {
+        let address = &addresses[i % addresses.len()];
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| format!("{address}: {e}"))?
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(2))
+            .connect()
+            .await
+            .map_err(|e| format!("{address}: {e}"))?;
+        clients.push(RawClient::new(channel));
+    }
+    Ok(clients)
+}
+
+async fn raw_resolve(
+    client: &mut RawClient<Channel>,
+    scope: &str,
+    key: u32,
+    policy: &Policy,
+) -> Result<(), String> {
+    let mut call = tonic::Request::new(request(scope, key, policy));
+    call.set_timeout(CALL_DEADLINE);
+    client
+        .resolve(call)
+        .await
+        .map(|_| ())
+        .map_err(|s| code_name(s.code()).to_string())
+}
+
+/// Preload `keys` live leases (untimed).
+async fn preload(
+    clients: &[RawClient<Channel>],
+    scope: &str,
+    keys: u32,
+    policy: &Policy,
+) -> Result<(), String> {
+    let clients = Arc::new(clients.to_vec());
+    let scope = Arc::new(scope.to_string());
+    let policy = *policy;
+    let limit = Limit {
+        duration: Duration::from_secs(600),
+        ops: Some(u64::from(keys)),
+    };
+    let measured = drive(Mode::Closed { callers: 64 }, limit, move |caller, n| {
+        let mut client = clients[caller % clients.len()].clone();
+        let scope = Arc::clone(&scope);
+        async move { raw_resolve(&mut client, &scope, u32::try_from(n).unwrap_or(0), &policy).await }
+    })
+    .await;
+    if measured.ok == u64::from(keys) {
+        Ok(())
+    } else {
+        Err(format!(
+            "preloading {keys} leases: {} ok, errors {:?}",
+            measured.ok, measured.errors
+        ))
+    }
+}
+
+struct Target {
+    endpoints: Vec<String>,
+    raw: Vec<String>,
+}
+
+#[allow(clippy::too_many_lines)]
+async fn one_run(
+    cli: &Cli,
+    target: &Target,
+    workload: Workload,
+    mode: Mode,
+    run: u64,
+) -> Result<Measured, String> {
+    let scope = workload.scope(run);
+    let timeout = if workload == Workload::Churn {
+        cli.churn_timeout
+    } else {
+        cli.lease_timeout
+    };
+    let policy = policy(timeout.as_std())?;
+    let clients = connect(&target.raw, cli.connections).await?;
+    if workload.preloads() {
+        preload(&clients, &scope, cli.keys, &policy).await?;
+    }
+    let keys = Arc::new(Keys::new(workload, cli.keys, cli.create_ratio, cli.zipf));
+    let limit = Limit {
+        duration: cli.duration.as_std(),
+        ops: cli.ops,
+    };
+    let seed = run.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    if workload == Workload::Cached {
+        let client = affinity_client::AffinityClient::builder()
+            .endpoints(target.endpoints.iter().cloned())
+            .cache_capacity(
+                usize::try_from(cli.keys)
+                    .unwrap_or(usize::MAX)
+                    .saturating_mul(2)
+                    .max(1024),
+            )
+            .build()
+            .map_err(|e| e.to_string())?;
+        // Warm the cache: one resolve per key through the client (untimed).
+        for key in 0..cli.keys {
+            client
+                .resolve(&scope, address(key), &policy, &endpoint(key), &[])
+                .await
+                .map_err(|e| format!("warming the cache: {e}"))?;
+        }
+        let client = Arc::new(client);
+        let scope = Arc::new(scope);
+        return Ok(drive(mode, limit, move |_, n| {
+            let mut rng = fastrand::Rng::with_seed(seed ^ n);
+            let key = keys.next(&mut rng);
+            let (client, scope) = (Arc::clone(&client), Arc::clone(&scope));
+            async move {
+                let ip: IpAddr = address(key);
+                if client.cached(&scope, ip, &policy).is_some() {
+                    return Ok(());
+                }
+                client
+                    .resolve(&scope, ip, &policy, &endpoint(key), &[])
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("client: {e}"))
+            }
+        })
+        .await);
+    }
+    let clients = Arc::new(clients);
+    let scope = Arc::new(scope);
+    Ok(drive(mode, limit, move |caller, n| {
+        let mut rng = fastrand::Rng::with_seed(seed ^ n);
+        let key = keys.next(&mut rng);
+        let slot = usize::try_from(n).unwrap_or(0).wrapping_add(caller);
+        let mut client = clients[slot % clients.len()].clone();
+        let scope = Arc::clone(&scope);
+        async move { raw_resolve(&mut client, &scope, key, &policy).await }
+    })
+    .await)
+}
+
+async fn main_async(cli: Cli) -> Result<(), String> {
+    let mut _local = None;
+    let endpoints = match cli.spawn {
+        Some(n) => {
+            let binary = find_affinityd(cli.affinityd.as_deref())?;
+            let cluster = LocalCluster::start(n, &binary, &cli.data_root)?;
+            let endpoints = cluster.endpoints.clone();
+            eprintln!(
+                "affinity-bench: started {n} nodes ({}), data in {}",
+                endpoints.join(","),
+                cluster
+                    .dir()
+                    .map_or_else(String::new, |d| d.display().to_string())
+            );
+            _local = Some(cluster);
+            endpoints
+        }
+        None if cli.endpoints.is_empty() => return Err("give --endpoints or --spawn N".into()),
+        None => cli.endpoints.clone(),
+    };
+    let leader = wait_leader(&endpoints, Duration::from_secs(30)).await?;
+    let raw = if cli.target == "leader" {
+        vec![leader]
+    } else {
+        endpoints.clone()
+    };
+    let target = Target { endpoints, raw };
+    let modes: Vec<Mode> = match cli.rate {
+        Some(rate) => vec![Mode::Open {
+            rate,
+            in_flight: cli.in_flight,
+        }],
+        None => cli
+            .callers
+            .iter()
+            .map(|&callers| Mode::Closed { callers })
+            .collect(),
+    };
+    let mut records = Vec::new();
+    let mut run = u64::from(std::process::id()) << 16;
+    for &workload in &cli.workload {
+        for &mode in &modes {
+            run += 1;
+            let measured = one_run(&cli, &target, workload, mode, run).await?;
+            let label = match mode {
+                Mode::Closed { callers } => format!("{workload:?} x{callers}").to_lowercase(),
+                Mode::Open { rate, .. } => format!("{workload:?} @{rate}/s").to_lowercase(),
+            };
+            println!("{}", report::line(&label, &measured));
+            let settings = json!({
+                "workload": workload,
+                "mode": match mode { Mode::Closed { .. } => "closed", Mode::Open { .. } => "open" },
+                "callers": match mode { Mode::Closed { callers } => Some(callers), Mode::Open { .. } => None },
+                "rate": match mode { Mode::Open { rate, .. } => Some(rate), Mode::Closed { .. } => None },
+                "connections": cli.connections,
+                "keys": cli.keys,
+                "target": cli.target,
+                "nodes": target.endpoints.len(),
+            });
+            records.push(report::record(&settings, &measured));
+        }
+    }
+    if let Some(path) = &cli.json_out {
+        let text = serde_json::to_string_pretty(&records).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("affinity-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(main_async(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("affinity-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! The load generator behind the `affinity-bench` binary.
+//!
+//! - [`spawn`] starts a local cluster of `affinityd` processes (data on disk, durability as
+//!   in production) and waits until it has a leader;
+//! - [`workload`] defines what one operation is for each workload (`create`, `hit`,
+//!   `cached`, `mixed`, `churn`) and how keys are chosen (unique, uniform or Zipf);
+//! - [`run`] drives operations closed-loop (N callers back to back) or open-loop (a fixed
+//!   arrival rate, latency measured from each operation's scheduled start, so queueing is
+//!   counted), and collects an HDR histogram and error counts;
+//! - [`report`] prints a run and writes it as JSON.
+
+pub mod report;
+pub mod run;
+pub mod spawn;
+pub mod workload;
