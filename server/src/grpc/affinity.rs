@@ -1,7 +1,8 @@
 //! `affinity.v1.Affinity`: the leases, for gateways.
 //!
 //! Every request is checked first (bad input is refused here, never forwarded and never
-//! proposed). Writes are proposed on the leader; `Lookup` and `List` read after a read-index
+//! proposed). Writes are proposed on the leader, except a `Resolve` that would keep a live
+//! lease unchanged, which the leader answers after a read-index barrier; `Lookup` and `List` read after a read-index
 //! barrier on the leader unless `allow_stale`; `Watch` streams this node's applied changes.
 
 use std::sync::Arc;
@@ -19,6 +20,7 @@ use super::status::{REVISION_METADATA, invalid};
 use super::{CLIENT_MAX_MESSAGE_BYTES, Ctx, watch};
 use crate::clock;
 use crate::error::ServiceError;
+use crate::node::Budget;
 use crate::sm::lease::{prefix_from_pb, prefix_to_pb};
 use crate::sm::{Op, Outcome};
 
@@ -69,6 +71,43 @@ fn decode_token(token: &str) -> Result<(String, ClientKey), ValidationError> {
     Ok((key.scope, prefix))
 }
 
+impl AffinityService {
+    /// On the leader, a `Resolve` that finds a live lease it would keep as it is (its
+    /// endpoint eligible, no idle timeout to refresh) changes nothing: applied, it would
+    /// only return that lease. Answer it with a linearizable read (a read-index round to a
+    /// quorum, no log append, no disk sync) instead of a log write. The answer is the same
+    /// one the write would give, at a point between the call's start and its end.
+    async fn kept_lease(
+        &self,
+        checked: &request::Resolve,
+        budget: Budget,
+    ) -> Result<Option<pb::ResolveResponse>, ServiceError> {
+        let node = &self.ctx.node;
+        if !node.is_leader() {
+            return Ok(None);
+        }
+        let kept = || {
+            node.state()
+                .lookup(&checked.scope, checked.key, clock::now_ms())
+                .filter(|lease| {
+                    lease.idle_timeout_ms.is_none()
+                        && (checked.eligible.is_empty()
+                            || checked.eligible.iter().any(|e| **e == *lease.endpoint))
+                })
+        };
+        // Most calls for a new key skip the read-index round altogether.
+        if kept().is_none() {
+            return Ok(None);
+        }
+        node.linearize(budget).await?;
+        Ok(kept().map(|lease| pb::ResolveResponse {
+            lease: Some(lease.to_pb()),
+            created: false,
+            replaced: false,
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl Affinity for AffinityService {
     async fn resolve(
@@ -91,14 +130,17 @@ impl Affinity for AffinityService {
                 }),
                 other => Err(unexpected(&other)),
             };
+            let budget = call.budget(self.ctx.node.proposal_timeout());
+            let work = async {
+                if let Some(kept) = self.kept_lease(&checked, budget).await? {
+                    return Ok(kept);
+                }
+                answer(self.ctx.node.propose(Op::resolve(checked), budget).await?)
+            };
             self.ctx
-                .propose_or_forward(
-                    call,
-                    Op::resolve(checked),
-                    spare,
-                    answer,
-                    |channel, req| async move { client(channel).resolve(req).await },
-                )
+                .here_or_leader(call, budget, spare, work, |channel, req| async move {
+                    client(channel).resolve(req).await
+                })
                 .await
         })
         .await

@@ -383,3 +383,51 @@ async fn replacement_cas_drain_list_and_watch_in_order() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resolve_that_keeps_a_live_lease_writes_nothing_to_the_log() {
+    let cluster = Cluster::start("kept-lease", ClusterOptions::default()).await;
+    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let last_index = || async { cluster.status(leader).await.unwrap().last_log_index };
+
+    let mut client = cluster.client(follower);
+    let first = client
+        .resolve(resolve("kept", "198.51.100.4", "a:80", Duration::from_secs(3600)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(first.created);
+    let before = last_index().await;
+    for proposal in ["b:80", "c:80", "d:80"] {
+        // Through a follower (forwarded) and on the leader: the same lease, no new entry.
+        for id in [follower, leader] {
+            let again = cluster
+                .client(id)
+                .resolve(resolve("kept", "198.51.100.9", proposal, Duration::from_secs(60)))
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(!again.created && !again.replaced);
+            assert_eq!(again.lease, first.lease, "the live lease, unchanged");
+        }
+    }
+    assert_eq!(last_index().await, before, "no log entry for a kept lease");
+
+    // A lease that must change still goes through the log: an ineligible endpoint...
+    let mut moved = resolve("kept", "198.51.100.4", "e:80", Duration::from_secs(3600));
+    moved.eligible_endpoints = vec!["e:80".into()];
+    let replaced = client.resolve(moved).await.unwrap().into_inner();
+    assert!(replaced.replaced);
+    assert_eq!(replaced.lease.unwrap().endpoint, "e:80");
+    assert_eq!(last_index().await, before + 1);
+
+    // ...and a lease with an idle timeout, whose every use is recorded.
+    let mut idle = resolve("kept", "203.0.113.4", "f:80", Duration::from_secs(3600));
+    if let Some(p) = idle.policy.as_mut() {
+        p.idle_timeout_ms = Some(600_000);
+    }
+    client.resolve(idle.clone()).await.unwrap();
+    client.resolve(idle).await.unwrap();
+    assert_eq!(last_index().await, before + 3, "idle leases are touched through the log");
+}
