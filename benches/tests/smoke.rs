@@ -25,8 +25,9 @@ fn bench(args: &[&str], json: &std::path::Path) -> Vec<Value> {
     assert!(out.status.success(), "affinity-bench {args:?}: {said}");
     let printed = String::from_utf8_lossy(&out.stdout);
     let records: Vec<Value> = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
+    let ratios = printed.lines().filter(|l| l.starts_with("ratio ")).count();
     assert_eq!(
-        printed.lines().count(),
+        printed.lines().count() - ratios,
         records.len(),
         "one line per run:\n{printed}"
     );
@@ -85,4 +86,43 @@ fn every_workload_runs_against_a_spawned_cluster() {
     );
     assert_eq!(open[0]["ok"], 100, "{}", open[0]);
     assert_eq!(open[0]["settings"]["mode"], "open");
+}
+
+#[test]
+fn a_peer_runs_the_same_workload_when_installed() {
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|p| p.join("redis-server").is_file())
+    });
+    if !on_path {
+        eprintln!(
+            "\n*** SKIPPED a_peer_runs_the_same_workload_when_installed: redis-server is not installed (apt-get install redis-server) ***\n"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("runs.json");
+    let records = bench(
+        &[
+            "--workload",
+            "create,hit",
+            "--callers",
+            "2",
+            "--duration",
+            "1s",
+            "--keys",
+            "50",
+            "--peer",
+            "redis",
+        ],
+        &json,
+    );
+    let systems: Vec<&str> = records
+        .iter()
+        .map(|r| r["settings"]["system"].as_str().unwrap())
+        .collect();
+    assert_eq!(systems, ["affinity", "redis", "affinity", "redis"]);
+    for record in &records {
+        assert!(record["ok"].as_u64().unwrap() > 0, "{record}");
+        assert_eq!(record["errors"], serde_json::json!({}), "{record}");
+    }
 }

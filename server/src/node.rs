@@ -326,6 +326,22 @@ impl Node {
         }
     }
 
+    /// Like [`Node::linearize`], without a network round when it can: while the leader's
+    /// lease holds (a quorum acknowledged it within the lease, during which followers do
+    /// not elect another leader), its applied state is current. When the lease has lapsed,
+    /// a read-index round as in [`Node::linearize`].
+    pub async fn linearize_by_lease(&self, budget: Budget) -> Result<(), ServiceError> {
+        let by_lease = tokio::time::timeout_at(
+            budget.until,
+            self.raft.ensure_linearizable(ReadPolicy::LeaseRead),
+        )
+        .await;
+        match by_lease {
+            Ok(Ok(_)) => Ok(()),
+            _ => self.linearize(budget).await,
+        }
+    }
+
     /// Add a learner (leader only). With `blocking`, returns once it has caught up.
     pub async fn add_learner(
         &self,

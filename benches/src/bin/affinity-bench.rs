@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use affinity_bench::load::peers::{self, Connection, Peer};
 use affinity_bench::load::run::{Limit, Mode, drive};
 use affinity_bench::load::spawn::{LocalCluster, find_affinityd, wait_leader};
 use affinity_bench::load::workload::{Keys, Workload, address, endpoint, policy, request};
@@ -85,6 +86,13 @@ struct Cli {
     /// every endpoint (followers forward writes).
     #[arg(long, default_value = "leader", value_parser = ["leader", "all"])]
     target: String,
+    /// Run the same workloads on these peers too, each started fresh on loopback
+    /// (create, hit, mixed and churn; `apt-get install redis-server`).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    peer: Vec<Peer>,
+    /// With --peer: alternate affinity and the peers this many times per run (A B A B).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Write every run's figures here as a JSON array.
     #[arg(long)]
     json_out: Option<PathBuf>,
@@ -238,6 +246,76 @@ async fn one_run(
     .await)
 }
 
+/// The same workload on a peer: get-or-create of the same keys, values carrying the
+/// endpoint and the absolute expiry.
+async fn peer_run(
+    cli: &Cli,
+    peer: Peer,
+    workload: Workload,
+    mode: Mode,
+    run: u64,
+) -> Result<Measured, String> {
+    let running = peers::start(peer, &cli.data_root).await?;
+    let mut connections = Vec::new();
+    for _ in 0..cli.connections.max(1) {
+        connections.push(Connection::open(peer, &running.endpoints).await?);
+    }
+    let connections = Arc::new(connections);
+    let scope = Arc::new(workload.scope(run));
+    let timeout = if workload == Workload::Churn {
+        cli.churn_timeout
+    } else {
+        cli.lease_timeout
+    };
+    let ttl_ms = u64::try_from(timeout.as_std().as_millis()).unwrap_or(u64::MAX);
+    let call =
+        move |connections: &Arc<Vec<Connection>>, slot: usize, scope: &Arc<String>, key: u32| {
+            let mut connection = connections[slot % connections.len()].clone();
+            let key_text = format!("{scope}/{}", address(key));
+            let now = affinity_server::clock::now_ms();
+            let value = format!(
+                "{}|{}",
+                endpoint(key),
+                now.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX))
+            );
+            async move {
+                connection
+                    .get_or_create(&key_text, &value, ttl_ms)
+                    .await
+                    .map(|_| ())
+            }
+        };
+    if workload.preloads() {
+        let (connections, scope) = (Arc::clone(&connections), Arc::clone(&scope));
+        let limit = Limit {
+            duration: Duration::from_secs(600),
+            ops: Some(u64::from(cli.keys)),
+        };
+        let loaded = drive(Mode::Closed { callers: 64 }, limit, move |caller, n| {
+            call(&connections, caller, &scope, u32::try_from(n).unwrap_or(0))
+        })
+        .await;
+        if loaded.ok != u64::from(cli.keys) {
+            return Err(format!("preloading {peer:?}: {:?}", loaded.errors));
+        }
+    }
+    let keys = Arc::new(Keys::new(workload, cli.keys, cli.create_ratio, cli.zipf));
+    let limit = Limit {
+        duration: cli.duration.as_std(),
+        ops: cli.ops,
+    };
+    let seed = run.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let measured = drive(mode, limit, move |caller, n| {
+        let mut rng = fastrand::Rng::with_seed(seed ^ n);
+        let key = keys.next(&mut rng);
+        let slot = usize::try_from(n).unwrap_or(0).wrapping_add(caller);
+        call(&connections, slot, &scope, key)
+    })
+    .await;
+    drop(running);
+    Ok(measured)
+}
+
 async fn main_async(cli: Cli) -> Result<(), String> {
     let mut _local = None;
     let endpoints = match cli.spawn {
@@ -280,24 +358,47 @@ async fn main_async(cli: Cli) -> Result<(), String> {
     let mut run = u64::from(std::process::id()) << 16;
     for &workload in &cli.workload {
         for &mode in &modes {
-            run += 1;
-            let measured = one_run(&cli, &target, workload, mode, run).await?;
             let label = match mode {
                 Mode::Closed { callers } => format!("{workload:?} x{callers}").to_lowercase(),
                 Mode::Open { rate, .. } => format!("{workload:?} @{rate}/s").to_lowercase(),
             };
-            println!("{}", report::line(&label, &measured));
-            let settings = json!({
-                "workload": workload,
-                "mode": match mode { Mode::Closed { .. } => "closed", Mode::Open { .. } => "open" },
-                "callers": match mode { Mode::Closed { callers } => Some(callers), Mode::Open { .. } => None },
-                "rate": match mode { Mode::Open { rate, .. } => Some(rate), Mode::Closed { .. } => None },
-                "connections": cli.connections,
-                "keys": cli.keys,
-                "target": cli.target,
-                "nodes": target.endpoints.len(),
-            });
-            records.push(report::record(&settings, &measured));
+            let peers: Vec<Peer> = if workload == Workload::Cached {
+                Vec::new()
+            } else {
+                cli.peer.clone()
+            };
+            let mut ours = Vec::new();
+            let mut theirs: Vec<Vec<f64>> = vec![Vec::new(); peers.len()];
+            for _round in 0..cli.rounds.max(1) {
+                run += 1;
+                let measured = one_run(&cli, &target, workload, mode, run).await?;
+                println!("{}", report::line(&format!("affinity {label}"), &measured));
+                ours.push(measured.ops_per_sec());
+                records.push(report::record(
+                    &settings(&cli, &target, workload, mode, "affinity"),
+                    &measured,
+                ));
+                for (i, &peer) in peers.iter().enumerate() {
+                    run += 1;
+                    let measured = peer_run(&cli, peer, workload, mode, run).await?;
+                    let system = format!("{peer:?}").to_lowercase();
+                    println!("{}", report::line(&format!("{system} {label}"), &measured));
+                    theirs[i].push(measured.ops_per_sec());
+                    records.push(report::record(
+                        &settings(&cli, &target, workload, mode, &system),
+                        &measured,
+                    ));
+                }
+            }
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+            for (i, peer) in peers.iter().enumerate() {
+                println!(
+                    "ratio {label}: affinity / {} ops/s = {:.2}x (means of {} rounds)",
+                    format!("{peer:?}").to_lowercase(),
+                    mean(&ours) / mean(&theirs[i]).max(f64::MIN_POSITIVE),
+                    ours.len()
+                );
+            }
         }
     }
     if let Some(path) = &cli.json_out {
@@ -305,6 +406,26 @@ async fn main_async(cli: Cli) -> Result<(), String> {
         std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     Ok(())
+}
+
+fn settings(
+    cli: &Cli,
+    target: &Target,
+    workload: Workload,
+    mode: Mode,
+    system: &str,
+) -> serde_json::Value {
+    json!({
+        "system": system,
+        "workload": workload,
+        "mode": match mode { Mode::Closed { .. } => "closed", Mode::Open { .. } => "open" },
+        "callers": match mode { Mode::Closed { callers } => Some(callers), Mode::Open { .. } => None },
+        "rate": match mode { Mode::Open { rate, .. } => Some(rate), Mode::Closed { .. } => None },
+        "connections": cli.connections,
+        "keys": cli.keys,
+        "target": cli.target,
+        "nodes": target.endpoints.len(),
+    })
 }
 
 fn main() -> ExitCode {

@@ -7,8 +7,10 @@
 //! - [`run`] drives operations closed-loop (N callers back to back) or open-loop (a fixed
 //!   arrival rate, latency measured from each operation's scheduled start, so queueing is
 //!   counted), and collects an HDR histogram and error counts;
+//! - [`peers`] starts etcd or Redis on loopback and runs the same get-or-create on them;
 //! - [`report`] prints a run and writes it as JSON.
 
+pub mod peers;
 pub mod report;
 pub mod run;
 pub mod spawn;

@@ -74,9 +74,10 @@ fn decode_token(token: &str) -> Result<(String, ClientKey), ValidationError> {
 impl AffinityService {
     /// On the leader, a `Resolve` that finds a live lease it would keep as it is (its
     /// endpoint eligible, no idle timeout to refresh) changes nothing: applied, it would
-    /// only return that lease. Answer it with a linearizable read (a read-index round to a
-    /// quorum, no log append, no disk sync) instead of a log write. The answer is the same
-    /// one the write would give, at a point between the call's start and its end.
+    /// only return that lease. Answer it with a linearizable read (by the leader's lease, or
+    /// a read-index round to a quorum when the lease has lapsed; no log append, no disk
+    /// sync) instead of a log write. The answer is the same one the write would give, at a
+    /// point between the call's start and its end.
     async fn kept_lease(
         &self,
         checked: &request::Resolve,
@@ -99,7 +100,7 @@ impl AffinityService {
         if kept().is_none() {
             return Ok(None);
         }
-        node.linearize(budget).await?;
+        node.linearize_by_lease(budget).await?;
         Ok(kept().map(|lease| pb::ResolveResponse {
             lease: Some(lease.to_pb()),
             created: false,

@@ -393,7 +393,12 @@ async fn a_resolve_that_keeps_a_live_lease_writes_nothing_to_the_log() {
 
     let mut client = cluster.client(follower);
     let first = client
-        .resolve(resolve("kept", "198.51.100.4", "a:80", Duration::from_secs(3600)))
+        .resolve(resolve(
+            "kept",
+            "198.51.100.4",
+            "a:80",
+            Duration::from_secs(3600),
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -404,7 +409,12 @@ async fn a_resolve_that_keeps_a_live_lease_writes_nothing_to_the_log() {
         for id in [follower, leader] {
             let again = cluster
                 .client(id)
-                .resolve(resolve("kept", "198.51.100.9", proposal, Duration::from_secs(60)))
+                .resolve(resolve(
+                    "kept",
+                    "198.51.100.9",
+                    proposal,
+                    Duration::from_secs(60),
+                ))
                 .await
                 .unwrap()
                 .into_inner();
@@ -429,5 +439,9 @@ async fn a_resolve_that_keeps_a_live_lease_writes_nothing_to_the_log() {
     }
     client.resolve(idle.clone()).await.unwrap();
     client.resolve(idle).await.unwrap();
-    assert_eq!(last_index().await, before + 3, "idle leases are touched through the log");
+    assert_eq!(
+        last_index().await,
+        before + 3,
+        "idle leases are touched through the log"
+    );
 }
