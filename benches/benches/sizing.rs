@@ -10,6 +10,8 @@
 //! `cargo bench -p affinity-bench --bench sizing`. With `AFFINITY_SIZING_BACKUP=FILE` it
 //! also writes the 100k-lease table as a backup file, for measuring a real node
 //! (`affinityctl restore FILE`, then the node's RSS and data directory).
+//! `AFFINITY_SIZING_COUNTS=100000,1000000,5000000` sets the table sizes, and
+//! `AFFINITY_SIZING_BACKUP_DIR=DIR` writes every table as `DIR/leases-N.backup`.
 
 #![allow(clippy::expect_used, clippy::cast_precision_loss)]
 
@@ -50,7 +52,16 @@ fn main() {
     // criterion-style arguments (`--bench`) are accepted and ignored.
     println!("| leases | memory per lease | snapshot bytes per lease |");
     println!("| --- | --- | --- |");
-    for n in [100_000u32, 1_000_000] {
+    let counts: Vec<u32> = std::env::var("AFFINITY_SIZING_COUNTS").map_or_else(
+        |_| vec![100_000, 1_000_000],
+        |text| {
+            text.split(',')
+                .filter_map(|n| n.trim().parse().ok())
+                .collect()
+        },
+    );
+    let backup_dir = std::env::var_os("AFFINITY_SIZING_BACKUP_DIR").map(std::path::PathBuf::from);
+    for n in counts {
         let before = rss();
         let table = filled(n);
         let after = rss();
@@ -66,6 +77,11 @@ fn main() {
         {
             std::fs::copy(&path, &out).expect("copy the backup");
             println!("(100k-lease backup written to {})", out.to_string_lossy());
+        }
+        if let Some(dir) = &backup_dir {
+            let out = dir.join(format!("leases-{n}.backup"));
+            std::fs::copy(&path, &out).expect("copy the backup");
+            println!("({n}-lease backup written to {})", out.display());
         }
         drop(table);
     }
