@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::spawn::free_port;
+
 /// A peer system.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -46,13 +48,6 @@ fn binary(name: &str, package: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("{name} is not installed: apt-get install {package}"))
 }
 
-fn port() -> Result<u16, String> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("reserve a port: {e}"))
-}
-
 fn spawn(command: &mut Command, log: &Path) -> Result<Child, String> {
     let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
@@ -75,7 +70,7 @@ pub async fn start(peer: Peer, data_root: &Path) -> Result<Running, String> {
     match peer {
         Peer::Redis => {
             let redis = binary("redis-server", "redis-server")?;
-            let client = port()?;
+            let client = free_port()?;
             let mut command = Command::new(redis);
             command
                 .args(["--bind", "127.0.0.1", "--port"])

@@ -38,7 +38,8 @@ pub fn find_affinityd(given: Option<&Path>) -> Result<PathBuf, String> {
     ))
 }
 
-fn free_port() -> Result<u16, String> {
+/// A free loopback port (bound, read, released).
+pub fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("reserve a port: {e}"))?;
     listener
         .local_addr()

@@ -21,7 +21,7 @@ use super::call::serve;
 use super::{CLIENT_MAX_MESSAGE_BYTES, Ctx};
 use crate::error::ServiceError;
 use crate::node::{Budget, VoterChange};
-use crate::sm::snapshot::lease_from_stored;
+use crate::sm::snapshot::leases_from_stored;
 use crate::sm::{Lease, Op, Outcome};
 
 /// The operator service.
@@ -286,14 +286,7 @@ fn restore_leases(wire: &pb::RestoreRequest) -> Result<Vec<Lease>, ServiceError>
         )
         .into());
     }
-    wire.leases
-        .iter()
-        .enumerate()
-        .map(|(n, stored)| {
-            lease_from_stored(stored.clone())
-                .map_err(|rule| ValidationError::new(format!("leases[{n}]"), rule).into())
-        })
-        .collect()
+    Ok(leases_from_stored(wire.leases.iter().cloned())?)
 }
 
 /// Bytes of a snapshot file per Backup message.

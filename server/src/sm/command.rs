@@ -10,7 +10,7 @@ use affinity_proto::request::{check_endpoint, check_scope};
 use affinity_proto::{ClientKey, Policy, ValidationError, pb, request};
 
 use super::lease::{Lease, prefix_from_pb, prefix_to_pb};
-use super::snapshot::lease_from_stored;
+use super::snapshot::leases_from_stored;
 
 /// A state-machine command: an operation and the leader's clock when it was proposed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -371,15 +371,7 @@ impl Command {
                 up_to_ms: s.up_to_ms,
             },
             Some(W::Import(i)) => Op::Import {
-                leases: i
-                    .leases
-                    .into_iter()
-                    .enumerate()
-                    .map(|(n, stored)| {
-                        lease_from_stored(stored)
-                            .map_err(|rule| ValidationError::new(format!("leases[{n}]"), rule))
-                    })
-                    .collect::<Result<_, _>>()?,
+                leases: leases_from_stored(i.leases)?,
             },
         };
         Ok(Command {

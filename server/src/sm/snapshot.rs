@@ -171,6 +171,21 @@ pub fn read<R: Read>(input: R) -> Result<Decoded, SnapshotError> {
     Ok(Decoded { meta, table, stats })
 }
 
+/// Stored leases from the wire (an import, a restore), each checked; an error names the
+/// lease as `leases[n]`.
+pub fn leases_from_stored(
+    stored: impl IntoIterator<Item = pb::StoredLease>,
+) -> Result<Vec<Lease>, affinity_proto::ValidationError> {
+    stored
+        .into_iter()
+        .enumerate()
+        .map(|(n, s)| {
+            lease_from_stored(s)
+                .map_err(|rule| affinity_proto::ValidationError::new(format!("leases[{n}]"), rule))
+        })
+        .collect()
+}
+
 /// A stored lease, checked: scope, endpoint and prefix rules, and times in order.
 pub fn lease_from_stored(s: pb::StoredLease) -> Result<Lease, String> {
     check_scope("scope", &s.scope).map_err(|e| e.to_string())?;

@@ -52,9 +52,22 @@ pub async fn export(
             return Err(e);
         }
     };
-    file.sync_all().map_err(file_err)?;
-    std::fs::rename(&partial, out).map_err(file_err)?;
+    publish(&file, &partial, out).map_err(file_err)?;
     Ok(exported)
+}
+
+/// Write `bytes` to `out` atomically: a partial file beside it, synced, then renamed.
+pub fn write_atomically(out: &Path, bytes: &[u8]) -> io::Result<()> {
+    let partial = partial_path(out);
+    let mut file = std::fs::File::create(&partial)?;
+    io::Write::write_all(&mut file, bytes)?;
+    publish(&file, &partial, out)
+}
+
+/// Sync a fully written partial file and give it its final name.
+fn publish(file: &std::fs::File, partial: &Path, out: &Path) -> io::Result<()> {
+    file.sync_all()?;
+    std::fs::rename(partial, out)
 }
 
 /// Export the data directory `dir` (of a stopped node) to `out`.

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use affinity_proto::pb;
 use affinity_server::sm::snapshot as format;
-use affinity_server::store::export::partial_path;
+use affinity_server::store::export::write_atomically;
 use serde_json::{Value, json};
 use tonic::Status;
 
@@ -57,14 +57,6 @@ pub(super) async fn backup(ctl: &Ctl, out: &Path) -> Result<Option<Value>, Statu
     write_atomically(out, &bytes)
         .map_err(|e| Status::internal(format!("writing {}: {e}", out.display())))?;
     Ok(Some(summary))
-}
-
-fn write_atomically(out: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let partial = partial_path(out);
-    let mut file = std::fs::File::create(&partial)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&partial, out)
 }
 
 /// Put the leases of the backup `file` (`-`: standard input) into the cluster.
