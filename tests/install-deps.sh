@@ -69,6 +69,19 @@ if [ "$require_tools" = 1 ] && ! command -v docker-compose >/dev/null 2>&1; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose
 fi
 
+# The load generator's smoke test also runs its peers (etcd, Redis) and draws its plot
+# (DejaVu Sans) when they are present; it skips each loudly otherwise. Best effort.
+peers=()
+command -v etcd >/dev/null 2>&1 || peers+=(etcd-server)
+command -v redis-server >/dev/null 2>&1 || peers+=(redis-server)
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || peers+=(fonts-dejavu-core)
+if [ ${#peers[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1; then
+  say "installing the benchmark peers: ${peers[*]}"
+  { as_root apt-get update -qq \
+    && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${peers[@]}"; } \
+    || say "could not install ${peers[*]}: the bench smoke test skips them"
+fi
+
 if ! command -v cargo >/dev/null 2>&1 && ! [ -x "$HOME/.cargo/bin/cargo" ]; then
   say "cargo is missing: install a stable Rust toolchain (https://rustup.rs), then rerun"
   exit 1

@@ -25,9 +25,12 @@ fn bench(args: &[&str], json: &std::path::Path) -> Vec<Value> {
     assert!(out.status.success(), "affinity-bench {args:?}: {said}");
     let printed = String::from_utf8_lossy(&out.stdout);
     let records: Vec<Value> = serde_json::from_slice(&std::fs::read(json).unwrap()).unwrap();
-    let ratios = printed.lines().filter(|l| l.starts_with("ratio ")).count();
+    let summaries = printed
+        .lines()
+        .filter(|l| l.starts_with("ratio ") || l.starts_with("failover: "))
+        .count();
     assert_eq!(
-        printed.lines().count() - ratios,
+        printed.lines().count() - summaries,
         records.len(),
         "one line per run:\n{printed}"
     );
@@ -88,41 +91,114 @@ fn every_workload_runs_against_a_spawned_cluster() {
     assert_eq!(open[0]["settings"]["mode"], "open");
 }
 
+fn installed(binary: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(binary).is_file()))
+}
+
 #[test]
-fn a_peer_runs_the_same_workload_when_installed() {
-    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|p| p.join("redis-server").is_file())
-    });
-    if !on_path {
-        eprintln!(
-            "\n*** SKIPPED a_peer_runs_the_same_workload_when_installed: redis-server is not installed (apt-get install redis-server) ***\n"
-        );
+fn the_peers_run_the_same_workload_when_installed() {
+    let mut peers = Vec::new();
+    for (peer, binary, package) in [
+        ("etcd", "etcd", "etcd-server"),
+        ("redis", "redis-server", "redis-server"),
+    ] {
+        if installed(binary) {
+            peers.push(peer);
+        } else {
+            eprintln!(
+                "\n*** SKIPPED the {peer} peer: {binary} is not installed (apt-get install {package}) ***\n"
+            );
+        }
+    }
+    if peers.is_empty() {
         return;
     }
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("runs.json");
+    let table = dir.path().join("table.md");
+    let plot = dir.path().join("plot.png");
+    let font = std::path::Path::new("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf");
+    let peer_list = peers.join(",");
+    let mut args = vec![
+        "--workload",
+        "create,hit",
+        "--callers",
+        "2",
+        "--duration",
+        "1s",
+        "--keys",
+        "50",
+        "--peer",
+        &peer_list,
+        "--table-out",
+        table.to_str().unwrap(),
+    ];
+    if font.is_file() {
+        args.extend(["--plot", plot.to_str().unwrap()]);
+    } else {
+        eprintln!(
+            "\n*** not drawing the plot: no DejaVu font (apt-get install fonts-dejavu-core) ***\n"
+        );
+    }
+    let records = bench(&args, &json);
+    let systems: Vec<&str> = records
+        .iter()
+        .map(|r| r["settings"]["system"].as_str().unwrap())
+        .collect();
+    let mut expected = Vec::new();
+    for _workload in 0..2 {
+        expected.push("affinity");
+        expected.extend(peers.iter().copied());
+    }
+    assert_eq!(systems, expected);
+    for record in &records {
+        assert!(record["ok"].as_u64().unwrap() > 0, "{record}");
+        assert_eq!(record["errors"], serde_json::json!({}), "{record}");
+    }
+    let table = std::fs::read_to_string(&table).unwrap();
+    assert_eq!(
+        table.lines().count(),
+        4,
+        "a header, a rule, a row per workload:\n{table}"
+    );
+    for peer in &peers {
+        assert!(
+            table
+                .lines()
+                .next()
+                .unwrap()
+                .contains(&format!("vs {peer}")),
+            "{table}"
+        );
+    }
+    assert!(table.lines().skip(2).all(|l| l.ends_with("x |")), "{table}");
+    if font.is_file() {
+        let png = std::fs::read(&plot).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "the plot is a PNG");
+    }
+}
+
+#[test]
+fn killing_the_leader_under_load_reports_the_failover_time() {
     let dir = tempfile::tempdir().unwrap();
     let json = dir.path().join("runs.json");
     let records = bench(
         &[
             "--workload",
-            "create,hit",
+            "create",
             "--callers",
-            "2",
+            "4",
             "--duration",
+            "4s",
+            "--target",
+            "all",
+            "--kill-leader-after",
             "1s",
-            "--keys",
-            "50",
-            "--peer",
-            "redis",
         ],
         &json,
     );
-    let systems: Vec<&str> = records
-        .iter()
-        .map(|r| r["settings"]["system"].as_str().unwrap())
-        .collect();
-    assert_eq!(systems, ["affinity", "redis", "affinity", "redis"]);
-    for record in &records {
-        assert!(record["ok"].as_u64().unwrap() > 0, "{record}");
-        assert_eq!(record["errors"], serde_json::json!({}), "{record}");
-    }
+    let failover = records[0]["failover_ms"].as_u64().unwrap();
+    assert!(failover > 0 && failover < 60_000, "{}", records[0]);
+    assert!(records[0]["ok"].as_u64().unwrap() > 0, "{}", records[0]);
 }

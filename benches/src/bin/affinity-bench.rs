@@ -20,7 +20,7 @@ use affinity_bench::load::peers::{self, Connection, Peer};
 use affinity_bench::load::run::{Limit, Mode, drive};
 use affinity_bench::load::spawn::{LocalCluster, find_affinityd, wait_leader};
 use affinity_bench::load::workload::{Keys, Workload, address, endpoint, policy, request};
-use affinity_bench::load::{report, run::Measured};
+use affinity_bench::load::{plot, report, run::Measured};
 use affinity_proto::pb::affinity_client::AffinityClient as RawClient;
 use affinity_proto::{GatewayDuration, Policy, code_name};
 use clap::Parser;
@@ -87,7 +87,7 @@ struct Cli {
     #[arg(long, default_value = "leader", value_parser = ["leader", "all"])]
     target: String,
     /// Run the same workloads on these peers too, each started fresh on loopback
-    /// (create, hit, mixed and churn; `apt-get install redis-server`).
+    /// (create, hit, mixed and churn; `apt-get install etcd-server redis-server`).
     #[arg(long, value_enum, value_delimiter = ',')]
     peer: Vec<Peer>,
     /// With --peer: alternate affinity and the peers this many times per run (A B A B).
@@ -96,6 +96,19 @@ struct Cli {
     /// Write every run's figures here as a JSON array.
     #[arg(long)]
     json_out: Option<PathBuf>,
+    /// Write a Markdown table of the closed-loop runs (systems side by side, ratios).
+    #[arg(long)]
+    table_out: Option<PathBuf>,
+    /// Draw latency against throughput of the closed-loop runs to this PNG file.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// TrueType font for the plot's text. [default: DejaVu Sans from the system]
+    #[arg(long)]
+    plot_font: Option<PathBuf>,
+    /// With --spawn and --target all: SIGKILL the leader this long into the first run,
+    /// and report the time from the kill to the first successful write.
+    #[arg(long)]
+    kill_leader_after: Option<GatewayDuration>,
 }
 
 /// Per-call deadline of the raw workloads.
@@ -257,8 +270,8 @@ async fn peer_run(
 ) -> Result<Measured, String> {
     let running = peers::start(peer, &cli.data_root).await?;
     let mut connections = Vec::new();
-    for _ in 0..cli.connections.max(1) {
-        connections.push(Connection::open(peer, &running.endpoints).await?);
+    for n in 0..cli.connections.max(1) {
+        connections.push(Connection::open(peer, &running.endpoints, n).await?);
     }
     let connections = Arc::new(connections);
     let scope = Arc::new(workload.scope(run));
@@ -316,8 +329,49 @@ async fn peer_run(
     Ok(measured)
 }
 
+/// Kill the leader after `after`, then write new leases through every other node until
+/// one succeeds: the time from the kill to that write.
+async fn failover(
+    cluster: Arc<parking_lot::Mutex<LocalCluster>>,
+    leader: String,
+    after: Duration,
+    scope: String,
+) -> Result<(usize, Duration), String> {
+    tokio::time::sleep(after).await;
+    let node = cluster.lock().kill(&leader)?;
+    let killed = std::time::Instant::now();
+    let others: Vec<String> = cluster
+        .lock()
+        .endpoints
+        .iter()
+        .filter(|a| **a != leader)
+        .cloned()
+        .collect();
+    let policy = policy(Duration::from_secs(3600))?;
+    let mut key = 1 << 22;
+    while killed.elapsed() < Duration::from_secs(60) {
+        for address in &others {
+            key += 1;
+            let Ok(mut clients) = connect(std::slice::from_ref(address), 1).await else {
+                continue;
+            };
+            let mut call = tonic::Request::new(request(&scope, key, &policy));
+            call.set_timeout(Duration::from_millis(300));
+            if clients[0].resolve(call).await.is_ok() {
+                return Ok((node, killed.elapsed()));
+            }
+        }
+    }
+    Err(format!(
+        "no write succeeded within 60 s of killing node {node}"
+    ))
+}
+
 async fn main_async(cli: Cli) -> Result<(), String> {
-    let mut _local = None;
+    if cli.kill_leader_after.is_some() && (cli.spawn.is_none() || cli.target != "all") {
+        return Err("--kill-leader-after needs --spawn N and --target all (calls sent only to the killed leader would fail for the rest of the run)".into());
+    }
+    let mut local = None;
     let endpoints = match cli.spawn {
         Some(n) => {
             let binary = find_affinityd(cli.affinityd.as_deref())?;
@@ -330,7 +384,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                     .dir()
                     .map_or_else(String::new, |d| d.display().to_string())
             );
-            _local = Some(cluster);
+            local = Some(Arc::new(parking_lot::Mutex::new(cluster)));
             endpoints
         }
         None if cli.endpoints.is_empty() => return Err("give --endpoints or --spawn N".into()),
@@ -338,7 +392,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
     };
     let leader = wait_leader(&endpoints, Duration::from_secs(30)).await?;
     let raw = if cli.target == "leader" {
-        vec![leader]
+        vec![leader.clone()]
     } else {
         endpoints.clone()
     };
@@ -355,6 +409,7 @@ async fn main_async(cli: Cli) -> Result<(), String> {
             .collect(),
     };
     let mut records = Vec::new();
+    let mut kill_after = cli.kill_leader_after;
     let mut run = u64::from(std::process::id()) << 16;
     for &workload in &cli.workload {
         for &mode in &modes {
@@ -371,13 +426,31 @@ async fn main_async(cli: Cli) -> Result<(), String> {
             let mut theirs: Vec<Vec<f64>> = vec![Vec::new(); peers.len()];
             for _round in 0..cli.rounds.max(1) {
                 run += 1;
+                let kill = match (kill_after.take(), &local) {
+                    (Some(after), Some(cluster)) => Some(tokio::spawn(failover(
+                        Arc::clone(cluster),
+                        leader.clone(),
+                        after.as_std(),
+                        format!("bench/failover/{run}"),
+                    ))),
+                    _ => None,
+                };
                 let measured = one_run(&cli, &target, workload, mode, run).await?;
                 println!("{}", report::line(&format!("affinity {label}"), &measured));
                 ours.push(measured.ops_per_sec());
-                records.push(report::record(
+                let mut record = report::record(
                     &settings(&cli, &target, workload, mode, "affinity"),
                     &measured,
-                ));
+                );
+                if let Some(kill) = kill {
+                    let (node, took) = kill.await.map_err(|e| e.to_string())??;
+                    println!(
+                        "failover: node {node} (the leader) killed; first successful write {:.0} ms later",
+                        took.as_secs_f64() * 1000.0
+                    );
+                    record["failover_ms"] = json!(took.as_millis());
+                }
+                records.push(record);
                 for (i, &peer) in peers.iter().enumerate() {
                     run += 1;
                     let measured = peer_run(&cli, peer, workload, mode, run).await?;
@@ -404,6 +477,20 @@ async fn main_async(cli: Cli) -> Result<(), String> {
     if let Some(path) = &cli.json_out {
         let text = serde_json::to_string_pretty(&records).map_err(|e| e.to_string())?;
         std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let series = plot::series(&records);
+    if let Some(path) = &cli.table_out {
+        std::fs::write(path, report::table(&series))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(path) = &cli.plot {
+        let title = format!(
+            "affinity-bench: {} nodes, {} connections, {} s per run",
+            target.endpoints.len(),
+            cli.connections,
+            cli.duration.as_std().as_secs()
+        );
+        plot::draw(&series, &title, cli.plot_font.as_deref(), path)?;
     }
     Ok(())
 }

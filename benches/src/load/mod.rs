@@ -8,9 +8,11 @@
 //!   arrival rate, latency measured from each operation's scheduled start, so queueing is
 //!   counted), and collects an HDR histogram and error counts;
 //! - [`peers`] starts etcd or Redis on loopback and runs the same get-or-create on them;
-//! - [`report`] prints a run and writes it as JSON.
+//! - [`report`] prints a run and writes it as JSON;
+//! - [`plot`] draws latency against throughput of a set of runs as a PNG.
 
 pub mod peers;
+pub mod plot;
 pub mod report;
 pub mod run;
 pub mod spawn;

@@ -97,6 +97,21 @@ impl LocalCluster {
         Ok(cluster)
     }
 
+    /// SIGKILL the node serving `address`; its data stays. Its 1-based node id.
+    pub fn kill(&mut self, address: &str) -> Result<usize, String> {
+        let i = self
+            .endpoints
+            .iter()
+            .position(|a| a == address)
+            .ok_or_else(|| format!("{address} is not a node of this cluster"))?;
+        let child = &mut self.children[i];
+        child
+            .kill()
+            .map_err(|e| format!("kill node {}: {e}", i + 1))?;
+        let _ = child.wait();
+        Ok(i + 1)
+    }
+
     /// The data folder (each node's log file is there too).
     pub fn dir(&self) -> Option<&Path> {
         self.dir.as_ref().map(tempfile::TempDir::path)
