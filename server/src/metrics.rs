@@ -305,6 +305,19 @@ impl prometheus_client::collector::Collector for NodeCollector {
             "Log writes acknowledged by those syncs",
             flush.requests.load(Ordering::Relaxed),
         )?;
+        let batches = node.batch_stats();
+        counter(
+            &mut e,
+            "affinity_proposal_entries",
+            "Log entries this node proposed for client writes (as leader)",
+            batches.entries.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "affinity_proposal_writes",
+            "Client writes carried by those entries (divide by entries for the batch size)",
+            batches.ops.load(Ordering::Relaxed),
+        )?;
         let micros = flush.sync_micros.load(Ordering::Relaxed);
         let metric = ConstCounter::new(Duration::from_micros(micros).as_secs_f64());
         let enc = e.encode_descriptor(

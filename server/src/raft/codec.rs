@@ -244,6 +244,55 @@ mod tests {
     }
 
     #[test]
+    fn batches_round_trip_and_hold_only_client_writes() {
+        let resolve = Op::Resolve {
+            scope: "ns/route/0".into(),
+            key: "10.1.2.0/24".parse().unwrap(),
+            endpoint: "10.4.0.17:8080".into(),
+            eligible: Vec::new(),
+            absolute_timeout_ms: 60_000,
+            idle_timeout_ms: None,
+        };
+        let release = Op::Release {
+            scope: "ns/route/1".into(),
+            key: "10.1.3.0/24".parse().unwrap(),
+        };
+        let batch = Command {
+            stamp_ms: 1_700_000_000_000,
+            op: Op::Batch(vec![resolve.clone(), release]),
+        };
+        assert_eq!(Command::from_pb(batch.to_pb()).unwrap(), batch);
+
+        let wrap = |ops: Vec<pb::Command>| pb::Command {
+            stamp_ms: 1,
+            op: Some(pb::command::Op::Batch(pb::BatchOp { ops })),
+        };
+        let err = Command::from_pb(wrap(Vec::new())).unwrap_err().to_string();
+        assert!(
+            err.contains("command.batch.ops") && err.contains("empty"),
+            "{err}"
+        );
+        let sweep = Command {
+            stamp_ms: 0,
+            op: Op::Sweep { up_to_ms: 5 },
+        };
+        let inner = Command {
+            stamp_ms: 0,
+            op: resolve,
+        };
+        let err = Command::from_pb(wrap(vec![inner.to_pb(), sweep.to_pb()]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("command.batch.ops[1]") && err.contains("sweep"),
+            "{err}"
+        );
+        let nested = wrap(vec![batch.to_pb()]);
+        let err = Command::from_pb(nested).unwrap_err().to_string();
+        assert!(err.contains("batch cannot be batched"), "{err}");
+    }
+
+    #[test]
     fn votes_round_trip() {
         for vote in [Vote::new(3, 1), Vote::new_committed(7, 2)] {
             assert_eq!(vote_from_pb(&vote_to_pb(&vote)), vote);

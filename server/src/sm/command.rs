@@ -84,6 +84,9 @@ pub enum Op {
         /// The leases, as read from the backup.
         leases: Vec<Lease>,
     },
+    /// Client operations proposed together, applied in order at the batch's stamp and log
+    /// index; only [`Op::batchable`] ones, never empty.
+    Batch(Vec<Op>),
 }
 
 impl Op {
@@ -111,6 +114,15 @@ impl Op {
         }
     }
 
+    /// Whether the leader may propose this operation together with others in one entry:
+    /// the small per-client writes (resolve, reassign, release).
+    pub fn batchable(&self) -> bool {
+        matches!(
+            self,
+            Op::Resolve { .. } | Op::Reassign { .. } | Op::Release { .. }
+        )
+    }
+
     /// Short name for logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {
@@ -121,6 +133,7 @@ impl Op {
             Op::Touch { .. } => "touch",
             Op::Sweep { .. } => "sweep",
             Op::Import { .. } => "import",
+            Op::Batch(_) => "batch",
         }
     }
 }
@@ -138,6 +151,7 @@ impl fmt::Display for Command {
             Op::Touch { keys } => write!(f, "({} keys)", keys.len()),
             Op::Sweep { up_to_ms } => write!(f, "(<= {up_to_ms})"),
             Op::Import { leases } => write!(f, "({} leases)", leases.len()),
+            Op::Batch(ops) => write!(f, "({} ops)", ops.len()),
         }
     }
 }
@@ -169,6 +183,8 @@ pub enum Outcome {
     Touched(u64),
     /// Result of a Sweep: leases removed.
     Swept(u64),
+    /// Result of a Batch: each operation's outcome, in order.
+    Batch(Vec<Outcome>),
     /// Result of an Import.
     Imported {
         /// Leases created.
@@ -255,128 +271,167 @@ fn timeouts(absolute: u64, idle: Option<u64>) -> Result<(), ValidationError> {
 impl Command {
     /// The log record form.
     pub fn to_pb(&self) -> pb::Command {
-        use pb::command::Op as W;
-        let op = match &self.op {
-            Op::Resolve {
-                scope,
-                key,
-                endpoint,
-                eligible,
-                absolute_timeout_ms,
-                idle_timeout_ms,
-            } => W::Resolve(pb::ResolveOp {
-                key: Some(key_to_pb(scope, key)),
-                endpoint: endpoint.clone(),
-                eligible_endpoints: eligible.clone(),
-                absolute_timeout_ms: *absolute_timeout_ms,
-                idle_timeout_ms: *idle_timeout_ms,
-            }),
-            Op::Reassign {
-                scope,
-                key,
-                expected_endpoint,
-                endpoint,
-                absolute_timeout_ms,
-                idle_timeout_ms,
-            } => W::Reassign(pb::ReassignOp {
-                key: Some(key_to_pb(scope, key)),
-                expected_endpoint: expected_endpoint.clone(),
-                endpoint: endpoint.clone(),
-                absolute_timeout_ms: *absolute_timeout_ms,
-                idle_timeout_ms: *idle_timeout_ms,
-            }),
-            Op::Release { scope, key } => W::Release(pb::ReleaseOp {
-                key: Some(key_to_pb(scope, key)),
-            }),
-            Op::DrainEndpoint { scope, endpoint } => W::DrainEndpoint(pb::DrainEndpointOp {
-                scope: scope.clone().unwrap_or_default(),
-                endpoint: endpoint.clone(),
-            }),
-            Op::Touch { keys } => W::Touch(pb::TouchOp {
-                keys: keys.iter().map(|(s, k)| key_to_pb(s, k)).collect(),
-            }),
-            Op::Sweep { up_to_ms } => W::Sweep(pb::SweepOp {
-                up_to_ms: *up_to_ms,
-            }),
-            Op::Import { leases } => W::Import(pb::ImportOp {
-                leases: leases.iter().map(Lease::to_stored).collect(),
-            }),
-        };
         pb::Command {
             stamp_ms: self.stamp_ms,
-            op: Some(op),
+            op: Some(op_to_pb(&self.op)),
         }
     }
 
     /// Decode and re-check a log record.
     pub fn from_pb(wire: pb::Command) -> Result<Self, ValidationError> {
-        use pb::command::Op as W;
-        let op = match wire.op {
-            None => return Err(ValidationError::new("command.op", "is missing")),
-            Some(W::Resolve(r)) => {
-                let (scope, key) = key_from_pb(r.key.as_ref())?;
-                check_endpoint("endpoint", &r.endpoint)?;
-                for (i, e) in r.eligible_endpoints.iter().enumerate() {
-                    check_endpoint(format!("eligible_endpoints[{i}]"), e)?;
-                }
-                timeouts(r.absolute_timeout_ms, r.idle_timeout_ms)?;
-                Op::Resolve {
-                    scope,
-                    key,
-                    endpoint: r.endpoint,
-                    eligible: r.eligible_endpoints,
-                    absolute_timeout_ms: r.absolute_timeout_ms,
-                    idle_timeout_ms: r.idle_timeout_ms,
-                }
-            }
-            Some(W::Reassign(r)) => {
-                let (scope, key) = key_from_pb(r.key.as_ref())?;
-                check_endpoint("expected_endpoint", &r.expected_endpoint)?;
-                check_endpoint("endpoint", &r.endpoint)?;
-                timeouts(r.absolute_timeout_ms, r.idle_timeout_ms)?;
-                Op::Reassign {
-                    scope,
-                    key,
-                    expected_endpoint: r.expected_endpoint,
-                    endpoint: r.endpoint,
-                    absolute_timeout_ms: r.absolute_timeout_ms,
-                    idle_timeout_ms: r.idle_timeout_ms,
-                }
-            }
-            Some(W::Release(r)) => {
-                let (scope, key) = key_from_pb(r.key.as_ref())?;
-                Op::Release { scope, key }
-            }
-            Some(W::DrainEndpoint(d)) => {
-                let scope = if d.scope.is_empty() {
-                    None
-                } else {
-                    check_scope("scope", &d.scope)?;
-                    Some(d.scope)
-                };
-                check_endpoint("endpoint", &d.endpoint)?;
-                Op::DrainEndpoint {
-                    scope,
-                    endpoint: d.endpoint,
-                }
-            }
-            Some(W::Touch(t)) => Op::Touch {
-                keys: t
-                    .keys
-                    .iter()
-                    .map(|k| key_from_pb(Some(k)))
-                    .collect::<Result<_, _>>()?,
-            },
-            Some(W::Sweep(s)) => Op::Sweep {
-                up_to_ms: s.up_to_ms,
-            },
-            Some(W::Import(i)) => Op::Import {
-                leases: leases_from_stored(i.leases)?,
-            },
-        };
         Ok(Command {
             stamp_ms: wire.stamp_ms,
-            op,
+            op: op_from_pb(wire.op)?,
         })
     }
+}
+
+fn op_to_pb(op: &Op) -> pb::command::Op {
+    use pb::command::Op as W;
+    match op {
+        Op::Resolve {
+            scope,
+            key,
+            endpoint,
+            eligible,
+            absolute_timeout_ms,
+            idle_timeout_ms,
+        } => W::Resolve(pb::ResolveOp {
+            key: Some(key_to_pb(scope, key)),
+            endpoint: endpoint.clone(),
+            eligible_endpoints: eligible.clone(),
+            absolute_timeout_ms: *absolute_timeout_ms,
+            idle_timeout_ms: *idle_timeout_ms,
+        }),
+        Op::Reassign {
+            scope,
+            key,
+            expected_endpoint,
+            endpoint,
+            absolute_timeout_ms,
+            idle_timeout_ms,
+        } => W::Reassign(pb::ReassignOp {
+            key: Some(key_to_pb(scope, key)),
+            expected_endpoint: expected_endpoint.clone(),
+            endpoint: endpoint.clone(),
+            absolute_timeout_ms: *absolute_timeout_ms,
+            idle_timeout_ms: *idle_timeout_ms,
+        }),
+        Op::Release { scope, key } => W::Release(pb::ReleaseOp {
+            key: Some(key_to_pb(scope, key)),
+        }),
+        Op::DrainEndpoint { scope, endpoint } => W::DrainEndpoint(pb::DrainEndpointOp {
+            scope: scope.clone().unwrap_or_default(),
+            endpoint: endpoint.clone(),
+        }),
+        Op::Touch { keys } => W::Touch(pb::TouchOp {
+            keys: keys.iter().map(|(s, k)| key_to_pb(s, k)).collect(),
+        }),
+        Op::Sweep { up_to_ms } => W::Sweep(pb::SweepOp {
+            up_to_ms: *up_to_ms,
+        }),
+        Op::Import { leases } => W::Import(pb::ImportOp {
+            leases: leases.iter().map(Lease::to_stored).collect(),
+        }),
+        Op::Batch(ops) => W::Batch(pb::BatchOp {
+            ops: ops
+                .iter()
+                .map(|op| pb::Command {
+                    stamp_ms: 0,
+                    op: Some(op_to_pb(op)),
+                })
+                .collect(),
+        }),
+    }
+}
+
+fn op_from_pb(wire: Option<pb::command::Op>) -> Result<Op, ValidationError> {
+    use pb::command::Op as W;
+    let op = match wire {
+        None => return Err(ValidationError::new("command.op", "is missing")),
+        Some(W::Resolve(r)) => {
+            let (scope, key) = key_from_pb(r.key.as_ref())?;
+            check_endpoint("endpoint", &r.endpoint)?;
+            for (i, e) in r.eligible_endpoints.iter().enumerate() {
+                check_endpoint(format!("eligible_endpoints[{i}]"), e)?;
+            }
+            timeouts(r.absolute_timeout_ms, r.idle_timeout_ms)?;
+            Op::Resolve {
+                scope,
+                key,
+                endpoint: r.endpoint,
+                eligible: r.eligible_endpoints,
+                absolute_timeout_ms: r.absolute_timeout_ms,
+                idle_timeout_ms: r.idle_timeout_ms,
+            }
+        }
+        Some(W::Reassign(r)) => {
+            let (scope, key) = key_from_pb(r.key.as_ref())?;
+            check_endpoint("expected_endpoint", &r.expected_endpoint)?;
+            check_endpoint("endpoint", &r.endpoint)?;
+            timeouts(r.absolute_timeout_ms, r.idle_timeout_ms)?;
+            Op::Reassign {
+                scope,
+                key,
+                expected_endpoint: r.expected_endpoint,
+                endpoint: r.endpoint,
+                absolute_timeout_ms: r.absolute_timeout_ms,
+                idle_timeout_ms: r.idle_timeout_ms,
+            }
+        }
+        Some(W::Release(r)) => {
+            let (scope, key) = key_from_pb(r.key.as_ref())?;
+            Op::Release { scope, key }
+        }
+        Some(W::DrainEndpoint(d)) => {
+            let scope = if d.scope.is_empty() {
+                None
+            } else {
+                check_scope("scope", &d.scope)?;
+                Some(d.scope)
+            };
+            check_endpoint("endpoint", &d.endpoint)?;
+            Op::DrainEndpoint {
+                scope,
+                endpoint: d.endpoint,
+            }
+        }
+        Some(W::Touch(t)) => Op::Touch {
+            keys: t
+                .keys
+                .iter()
+                .map(|k| key_from_pb(Some(k)))
+                .collect::<Result<_, _>>()?,
+        },
+        Some(W::Sweep(s)) => Op::Sweep {
+            up_to_ms: s.up_to_ms,
+        },
+        Some(W::Import(i)) => Op::Import {
+            leases: leases_from_stored(i.leases)?,
+        },
+        Some(W::Batch(b)) => {
+            if b.ops.is_empty() {
+                return Err(ValidationError::new(
+                    "command.batch.ops",
+                    "must not be empty",
+                ));
+            }
+            let mut ops = Vec::with_capacity(b.ops.len());
+            for (i, inner) in b.ops.into_iter().enumerate() {
+                let op = op_from_pb(inner.op)?;
+                if !op.batchable() {
+                    return Err(ValidationError::new(
+                        format!("command.batch.ops[{i}]"),
+                        format!(
+                            "{} cannot be batched (only resolve, reassign and release)",
+                            op.name()
+                        ),
+                    ));
+                }
+                ops.push(op);
+            }
+            Op::Batch(ops)
+        }
+    };
+    Ok(op)
 }

@@ -123,8 +123,11 @@ impl LeaseTable {
     /// Apply one command at log index `revision`. Changes are appended to `events`.
     pub fn apply(&mut self, revision: u64, cmd: &Command, events: &mut Vec<Event>) -> Outcome {
         self.clock_ms = self.clock_ms.max(cmd.stamp_ms);
-        let now = self.clock_ms;
-        match &cmd.op {
+        self.apply_op(revision, self.clock_ms, &cmd.op, events)
+    }
+
+    fn apply_op(&mut self, revision: u64, now: i64, op: &Op, events: &mut Vec<Event>) -> Outcome {
+        match op {
             Op::Resolve {
                 scope,
                 key,
@@ -172,6 +175,11 @@ impl LeaseTable {
             }
             Op::Sweep { up_to_ms } => self.sweep(revision, (*up_to_ms).min(now), events),
             Op::Import { leases } => self.import(revision, now, leases, events),
+            Op::Batch(ops) => Outcome::Batch(
+                ops.iter()
+                    .map(|op| self.apply_op(revision, now, op, events))
+                    .collect(),
+            ),
         }
     }
 

@@ -79,6 +79,50 @@ async fn fifty_concurrent_resolves_on_three_nodes_have_one_winner() {
     assert_eq!(created, 1, "exactly one call created the lease");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_creates_share_log_entries_and_each_gets_its_own_lease() {
+    let cluster = Cluster::start("batched", ClusterOptions::default()).await;
+    let leader = cluster.wait_leader(&[1, 2, 3]).await;
+    let entries = "affinity_proposal_entries_total";
+    let writes = "affinity_proposal_writes_total";
+    let entries_before = cluster.metric(leader, entries).unwrap_or(0.0);
+    let writes_before = cluster.metric(leader, writes).unwrap_or(0.0);
+    let mut calls = Vec::new();
+    for i in 0..200u32 {
+        let mut client = cluster.client(leader);
+        calls.push(tokio::spawn(async move {
+            let ip = format!("198.51.{i}.7");
+            let endpoint = format!("10.5.0.{}:8080", i % 250);
+            let req = resolve("ns/batch/0", &ip, &endpoint, MINUTE);
+            let resp = client
+                .resolve(with_deadline(req, Duration::from_secs(10)))
+                .await
+                .expect("every resolve succeeds")
+                .into_inner();
+            (endpoint, resp)
+        }));
+    }
+    let mut prefixes = BTreeSet::new();
+    for call in calls {
+        let (endpoint, resp) = call.await.unwrap();
+        assert!(resp.created, "a new key is created");
+        let lease = resp.lease.unwrap();
+        assert_eq!(lease.endpoint, endpoint, "each caller's own endpoint");
+        prefixes.insert(lease.prefix);
+    }
+    assert_eq!(prefixes.len(), 200);
+    let entries = cluster.metric(leader, entries).unwrap() - entries_before;
+    let writes = cluster.metric(leader, writes).unwrap() - writes_before;
+    assert!(
+        (writes - 200.0).abs() < 0.5,
+        "200 client writes proposed, got {writes}"
+    );
+    assert!(
+        entries < writes,
+        "writes that queued behind each other shared entries: {entries} entries for {writes} writes"
+    );
+}
+
 /// Read events from a Watch stream until `n` have arrived.
 async fn next_events(
     stream: &mut tonic::Streaming<pb::WatchEvent>,

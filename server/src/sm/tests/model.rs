@@ -51,8 +51,14 @@ impl Model {
 
     fn apply(&mut self, rev: u64, cmd: &Command) -> Outcome {
         self.clock = self.clock.max(cmd.stamp_ms);
+        self.apply_op(rev, &cmd.op)
+    }
+
+    fn apply_op(&mut self, rev: u64, op: &Op) -> Outcome {
         let now = self.clock;
-        match &cmd.op {
+        match op {
+            // A batch is its operations one after another, at one stamp and one revision.
+            Op::Batch(ops) => Outcome::Batch(ops.iter().map(|op| self.apply_op(rev, op)).collect()),
             Op::Resolve {
                 scope,
                 key,
@@ -221,7 +227,7 @@ fn arb_command() -> impl Strategy<Value = Command> {
     let eligible = proptest::collection::vec(endpoint.clone(), 0..3);
     let abs = 1u64..400;
     let idle = proptest::option::of(1u64..200);
-    let op = prop_oneof![
+    let client = prop_oneof![
         4 => (scope.clone(), key.clone(), endpoint.clone(), eligible, abs.clone(), idle.clone()).prop_map(
             |(scope, key, endpoint, mut eligible, absolute_timeout_ms, idle)| {
                 if !eligible.is_empty() {
@@ -243,6 +249,10 @@ fn arb_command() -> impl Strategy<Value = Command> {
             }
         ),
         1 => (scope.clone(), key.clone()).prop_map(|(scope, key)| Op::Release { scope, key }),
+    ];
+    let op = prop_oneof![
+        6 => client.clone(),
+        2 => proptest::collection::vec(client, 1..5).prop_map(Op::Batch),
         1 => (proptest::option::of(scope.clone()), endpoint.clone()).prop_map(|(scope, endpoint)| Op::DrainEndpoint { scope, endpoint }),
         1 => proptest::collection::vec((scope.clone(), key.clone(), endpoint, 0i64..1_000, 1i64..400), 0..4).prop_map(
             |leases| Op::Import {
