@@ -87,7 +87,8 @@ struct Cli {
     #[arg(long, default_value = "leader", value_parser = ["leader", "all"])]
     target: String,
     /// Run the same workloads on these peers too, each started fresh on loopback
-    /// (create, hit, mixed and churn; `apt-get install etcd-server redis-server`).
+    /// (`apt-get install etcd-server redis-server`). A peer has no client cache: its
+    /// `cached` is its `hit`. `cached` is also always run on a plain HashMap of the keys.
     #[arg(long, value_enum, value_delimiter = ',')]
     peer: Vec<Peer>,
     /// With --peer: alternate affinity and the peers this many times per run (A B A B).
@@ -259,6 +260,52 @@ async fn one_run(
     .await)
 }
 
+/// What affinity is compared with in a run.
+#[derive(Debug, Clone, Copy)]
+enum Other {
+    /// A peer system (etcd, Redis) started on loopback.
+    Peer(Peer),
+    /// For `cached`: a plain `HashMap` lookup of the same keys in this process, the floor
+    /// a local cache is measured against.
+    HashMap,
+}
+
+impl Other {
+    fn name(self) -> String {
+        match self {
+            Other::Peer(peer) => format!("{peer:?}").to_lowercase(),
+            Other::HashMap => "hashmap".into(),
+        }
+    }
+}
+
+/// `cached`'s floor: the same keys, drawn the same way and driven by the same loop, looked
+/// up in a `std::collections::HashMap` from address to endpoint.
+async fn hashmap_run(cli: &Cli, workload: Workload, mode: Mode, run: u64) -> Measured {
+    let map: std::collections::HashMap<IpAddr, String> =
+        (0..cli.keys).map(|k| (address(k), endpoint(k))).collect();
+    let map = Arc::new(map);
+    let keys = Arc::new(Keys::new(workload, cli.keys, cli.create_ratio, cli.zipf));
+    let limit = Limit {
+        duration: cli.duration.as_std(),
+        ops: cli.ops,
+    };
+    let seed = run.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    drive(mode, limit, move |_, n| {
+        let mut rng = fastrand::Rng::with_seed(seed ^ n);
+        let key = keys.next(&mut rng);
+        let found = map.get(&address(key)).is_some();
+        async move {
+            if found {
+                Ok(())
+            } else {
+                Err("miss".to_string())
+            }
+        }
+    })
+    .await
+}
+
 /// The same workload on a peer: get-or-create of the same keys, values carrying the
 /// endpoint and the absolute expiry.
 async fn peer_run(
@@ -417,11 +464,10 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                 Mode::Closed { callers } => format!("{workload:?} x{callers}").to_lowercase(),
                 Mode::Open { rate, .. } => format!("{workload:?} @{rate}/s").to_lowercase(),
             };
-            let peers: Vec<Peer> = if workload == Workload::Cached {
-                Vec::new()
-            } else {
-                cli.peer.clone()
-            };
+            let mut peers: Vec<Other> = cli.peer.iter().map(|&p| Other::Peer(p)).collect();
+            if workload == Workload::Cached {
+                peers.push(Other::HashMap);
+            }
             let mut ours = Vec::new();
             let mut theirs: Vec<Vec<f64>> = vec![Vec::new(); peers.len()];
             for _round in 0..cli.rounds.max(1) {
@@ -451,10 +497,13 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                     record["failover_ms"] = json!(took.as_millis());
                 }
                 records.push(record);
-                for (i, &peer) in peers.iter().enumerate() {
+                for (i, &other) in peers.iter().enumerate() {
                     run += 1;
-                    let measured = peer_run(&cli, peer, workload, mode, run).await?;
-                    let system = format!("{peer:?}").to_lowercase();
+                    let measured = match other {
+                        Other::Peer(peer) => peer_run(&cli, peer, workload, mode, run).await?,
+                        Other::HashMap => hashmap_run(&cli, workload, mode, run).await,
+                    };
+                    let system = other.name();
                     println!("{}", report::line(&format!("{system} {label}"), &measured));
                     theirs[i].push(measured.ops_per_sec());
                     records.push(report::record(
@@ -464,10 +513,10 @@ async fn main_async(cli: Cli) -> Result<(), String> {
                 }
             }
             let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-            for (i, peer) in peers.iter().enumerate() {
+            for (i, other) in peers.iter().enumerate() {
                 println!(
                     "ratio {label}: affinity / {} ops/s = {:.2}x (means of {} rounds)",
-                    format!("{peer:?}").to_lowercase(),
+                    other.name(),
                     mean(&ours) / mean(&theirs[i]).max(f64::MIN_POSITIVE),
                     ours.len()
                 );
