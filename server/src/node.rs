@@ -368,7 +368,7 @@ impl Node {
         .await;
         match by_lease {
             Ok(Ok(_)) => Ok(()),
-            _ => self.linearize(budget).await,
+            _ => Box::pin(self.linearize(budget)).await,
         }
     }
 

@@ -5,6 +5,11 @@
 //! cluster in `./affinity-data`. `affinityd dev --nodes 3` runs a local cluster in one
 //! process. Everything here is parsing; the node itself is `affinity_server::server::run`.
 
+// The gRPC and Raft paths allocate many short-lived buffers per request; mimalloc served
+// them with less CPU than glibc's allocator (docs/benchmarks.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

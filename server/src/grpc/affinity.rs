@@ -136,7 +136,9 @@ impl Affinity for AffinityService {
                 if let Some(kept) = self.kept_lease(&checked, budget).await? {
                     return Ok(kept);
                 }
-                answer(self.ctx.node.propose(Op::resolve(checked), budget).await?)
+                // Boxed, so that a read served from a kept lease does not carry the (much
+                // larger) write future with it.
+                answer(Box::pin(self.ctx.node.propose(Op::resolve(checked), budget)).await?)
             };
             self.ctx
                 .here_or_leader(call, budget, spare, work, |channel, req| async move {

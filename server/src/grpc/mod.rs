@@ -118,8 +118,9 @@ impl Ctx {
                 }),
                 Some(wire),
             ) if !call.forwarded() => {
-                self.forward(call, budget, leader_id, &address, wire, forward)
-                    .await
+                // Boxed: the forwarding future is large and rarely needed, and kept inline
+                // it would be copied around with every call's future.
+                Box::pin(self.forward(call, budget, leader_id, &address, wire, forward)).await
             }
             (Err(e), _) => Err(e.into()),
         }
