@@ -5,6 +5,7 @@
 //! so the stamp is always the leader's. Operations that need the leader return
 //! [`ServiceError::NotLeader`] with the leader's address, and the gRPC layer forwards them.
 
+use openraft::Instant as _;
 use openraft::async_runtime::watch::WatchReceiver as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -356,11 +357,39 @@ impl Node {
         }
     }
 
+    /// Whether this node can serve a linearizable read from its applied state right now,
+    /// judged from the metrics Raft publishes, without a message to the Raft task: it is
+    /// the leader, a quorum acknowledged it less than 90% of the leader lease ago (openraft's
+    /// own lease read uses the whole lease), and it has applied an entry of its own term, so
+    /// everything an earlier leader committed is applied too. Applied state is enough: a
+    /// write is acknowledged only once the leader has applied it. Stale metrics only make
+    /// this more cautious (an older acknowledgement); when it says no, the caller asks Raft.
+    fn lease_holds_here(&self) -> bool {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow_watched();
+        if m.state != ServerState::Leader {
+            return false;
+        }
+        let applied_this_term = m
+            .last_applied
+            .as_ref()
+            .is_some_and(|id| id.committed_leader_id().term == m.current_term);
+        let margin = self.leader_lease.mul_f64(0.9);
+        let fresh = m
+            .last_quorum_acked
+            .as_ref()
+            .is_some_and(|acked| acked.elapsed() < margin);
+        applied_this_term && fresh
+    }
+
     /// Like [`Node::linearize`], without a network round when it can: while the leader's
     /// lease holds (a quorum acknowledged it within the lease, during which followers do
     /// not elect another leader), its applied state is current. When the lease has lapsed,
     /// a read-index round as in [`Node::linearize`].
     pub async fn linearize_by_lease(&self, budget: Budget) -> Result<(), ServiceError> {
+        if self.lease_holds_here() {
+            return Ok(());
+        }
         let by_lease = tokio::time::timeout_at(
             budget.until,
             self.raft.ensure_linearizable(ReadPolicy::LeaseRead),

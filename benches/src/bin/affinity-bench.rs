@@ -564,6 +564,18 @@ fn settings(
     })
 }
 
+/// Run `work` until it ends or the process is asked to stop (Ctrl-C, SIGTERM); stopping
+/// drops it, so a spawned cluster and any peer are killed and their folders removed.
+async fn until_interrupted(work: impl Future<Output = Result<(), String>>) -> Result<(), String> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
+    tokio::select! {
+        done = work => done,
+        _ = tokio::signal::ctrl_c() => Err("interrupted; the spawned processes are stopped".into()),
+        _ = term.recv() => Err("terminated; the spawned processes are stopped".into()),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -576,7 +588,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(main_async(cli)) {
+    match runtime.block_on(until_interrupted(main_async(cli))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("affinity-bench: {e}");

@@ -113,6 +113,23 @@ async fn leader_isolated_in_a_minority() {
             read.is_err(),
             "the isolated old leader answered a linearizable read: {read:?}"
         );
+        // Nor answer a Resolve from a lease it holds (the lease-read path): its leader lease
+        // has lapsed, so it may not know of a newer decision.
+        let kept = client
+            .resolve(requests::with_deadline(
+                requests::resolve(
+                    affinity_tests::workload::LONG_SCOPE,
+                    "10.64.0.0",
+                    "minority:1",
+                    Duration::from_secs(600),
+                ),
+                Duration::from_secs(3),
+            ))
+            .await;
+        assert!(
+            kept.is_err(),
+            "the isolated old leader answered a Resolve from its own table: {kept:?}"
+        );
         run.report.did(format!(
             "the isolated node refused a write ({}) and a linearizable read ({})",
             write
