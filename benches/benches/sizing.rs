@@ -61,6 +61,9 @@ fn main() {
         },
     );
     let backup_dir = std::env::var_os("AFFINITY_SIZING_BACKUP_DIR").map(std::path::PathBuf::from);
+    if let Some(dir) = &backup_dir {
+        std::fs::create_dir_all(dir).expect("create AFFINITY_SIZING_BACKUP_DIR");
+    }
     for n in counts {
         let before = rss();
         let table = filled(n);
