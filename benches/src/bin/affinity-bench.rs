@@ -112,6 +112,28 @@ struct Cli {
     kill_leader_after: Option<GatewayDuration>,
 }
 
+/// The timed part of a run: `--duration`, or `--ops` if sooner.
+fn timed(cli: &Cli) -> Limit {
+    Limit {
+        duration: cli.duration.as_std(),
+        ops: cli.ops,
+    }
+}
+
+/// The seed of run `run`'s key choices.
+fn seed(run: u64) -> u64 {
+    run.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+/// How long the leases of `workload` live.
+fn lease_timeout(cli: &Cli, workload: Workload) -> GatewayDuration {
+    if workload == Workload::Churn {
+        cli.churn_timeout
+    } else {
+        cli.lease_timeout
+    }
+}
+
 /// Per-call deadline of the raw workloads.
 const CALL_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -193,22 +215,15 @@ async fn one_run(
     run: u64,
 ) -> Result<Measured, String> {
     let scope = workload.scope(run);
-    let timeout = if workload == Workload::Churn {
-        cli.churn_timeout
-    } else {
-        cli.lease_timeout
-    };
+    let timeout = lease_timeout(cli, workload);
     let policy = policy(timeout.as_std())?;
     let clients = connect(&target.raw, cli.connections).await?;
     if workload.preloads() {
         preload(&clients, &scope, cli.keys, &policy).await?;
     }
     let keys = Arc::new(Keys::new(workload, cli.keys, cli.create_ratio, cli.zipf));
-    let limit = Limit {
-        duration: cli.duration.as_std(),
-        ops: cli.ops,
-    };
-    let seed = run.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let limit = timed(cli);
+    let seed = seed(run);
     if workload == Workload::Cached {
         let client = affinity_client::AffinityClient::builder()
             .endpoints(target.endpoints.iter().cloned())
@@ -286,11 +301,8 @@ async fn hashmap_run(cli: &Cli, workload: Workload, mode: Mode, run: u64) -> Mea
         (0..cli.keys).map(|k| (address(k), endpoint(k))).collect();
     let map = Arc::new(map);
     let keys = Arc::new(Keys::new(workload, cli.keys, cli.create_ratio, cli.zipf));
-    let limit = Limit {
-        duration: cli.duration.as_std(),
-        ops: cli.ops,
-    };
-    let seed = run.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let limit = timed(cli);
+    let seed = seed(run);
     drive(mode, limit, move |_, n| {
         let mut rng = fastrand::Rng::with_seed(seed ^ n);
         let key = keys.next(&mut rng);
@@ -322,11 +334,7 @@ async fn peer_run(
     }
     let connections = Arc::new(connections);
     let scope = Arc::new(workload.scope(run));
-    let timeout = if workload == Workload::Churn {
-        cli.churn_timeout
-    } else {
-        cli.lease_timeout
-    };
+    let timeout = lease_timeout(cli, workload);
     let ttl_ms = u64::try_from(timeout.as_std().as_millis()).unwrap_or(u64::MAX);
     let call =
         move |connections: &Arc<Vec<Connection>>, slot: usize, scope: &Arc<String>, key: u32| {
@@ -360,11 +368,8 @@ async fn peer_run(
         }
     }
     let keys = Arc::new(Keys::new(workload, cli.keys, cli.create_ratio, cli.zipf));
-    let limit = Limit {
-        duration: cli.duration.as_std(),
-        ops: cli.ops,
-    };
-    let seed = run.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    let limit = timed(cli);
+    let seed = seed(run);
     let measured = drive(mode, limit, move |caller, n| {
         let mut rng = fastrand::Rng::with_seed(seed ^ n);
         let key = keys.next(&mut rng);
