@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Parser)]
 #[command(
@@ -76,9 +77,13 @@ async fn run(cli: Cli) -> Result<(), String> {
         .await
         .map_err(|e| format!("--listen {}: {e}", cli.listen))?;
     let address = listener.local_addr().map_err(|e| e.to_string())?;
+    // Watch for signals before announcing the address: whoever reads the line may signal
+    // at once.
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch for SIGINT: {e}"))?;
     println!("listening on {address}");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("cannot watch for SIGTERM: {e}"))?;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -87,7 +92,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                     tokio::spawn(serve(stream, cli.name.clone()));
                 }
             }
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
             _ = term.recv() => return Ok(()),
         }
     }
