@@ -16,6 +16,8 @@ need=()
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v git >/dev/null 2>&1 || need+=(git)
+# The example gateway links Pingora, whose zlib (libz-ng-sys) builds with cmake.
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
 
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then
