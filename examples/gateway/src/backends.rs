@@ -230,3 +230,16 @@ endpoints:
         assert_eq!(web.round_robin(&[]), None);
     }
 }
+
+#[cfg(test)]
+mod demo_file {
+    #[test]
+    fn the_readme_demo_route_file_loads() {
+        let loaded = super::Loaded::parse(include_str!("../demo/routes.yaml"))
+            .expect("examples/gateway/demo/routes.yaml is valid");
+        let sticky = &loaded.rules["demo/web/0"];
+        assert!(sticky.rule.persistence.is_some());
+        assert_eq!(sticky.upstreams.len(), 3);
+        assert!(loaded.rules["demo/web/1"].rule.persistence.is_none());
+    }
+}
