@@ -314,14 +314,15 @@ impl ProxyHttp for Gateway {
     ) -> pingora::Result<()> {
         if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
             let ip = peer.ip().to_canonical().to_string();
-            let value = match upstream_request
+            // Every line of the header the client sent, in order, then the peer.
+            let mut entries: Vec<&str> = upstream_request
                 .headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(before) => format!("{before}, {ip}"),
-                None => ip,
-            };
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            entries.push(&ip);
+            let value = entries.join(", ");
             upstream_request.insert_header("x-forwarded-for", value)?;
         }
         Ok(())
