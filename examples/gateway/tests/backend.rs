@@ -71,6 +71,25 @@ fn answers_with_its_name_on_a_kept_alive_connection() {
 }
 
 #[test]
+fn http_1_0_closes_unless_asked_to_keep_alive() {
+    let backend = start("b-4");
+    let mut stream = TcpStream::connect(&backend.address).unwrap();
+    write!(stream, "GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut got = String::new();
+    stream.read_to_string(&mut got).unwrap();
+    assert!(got.contains("connection: close\r\n"), "{got}");
+    assert!(got.ends_with("b-4\n"), "{got}");
+
+    let mut stream = TcpStream::connect(&backend.address).unwrap();
+    for _ in 0..2 {
+        write!(stream, "GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").unwrap();
+        let got = response(&mut stream);
+        assert!(got.contains("connection: keep-alive\r\n"), "{got}");
+        assert!(got.ends_with("b-4\n"), "{got}");
+    }
+}
+
+#[test]
 fn an_oversized_head_is_refused() {
     let backend = start("b-2");
     let mut stream = TcpStream::connect(&backend.address).unwrap();

@@ -58,13 +58,21 @@ async fn serve(mut stream: TcpStream, name: String) {
             }
         };
         let head = String::from_utf8_lossy(&buffer[..end]).to_ascii_lowercase();
-        let close = head.contains("\r\nconnection: close");
+        // HTTP/1.1 keeps the connection unless told to close; HTTP/1.0 closes unless told
+        // to keep it (and then says so).
+        let http10 = head.lines().next().is_some_and(|l| l.ends_with("http/1.0"));
+        let close = head.contains("\r\nconnection: close")
+            || (http10 && !head.contains("\r\nconnection: keep-alive"));
         buffer.drain(..end);
         let body = format!("{name}\n");
+        let connection = match (close, http10) {
+            (true, _) => "connection: close\r\n",
+            (false, true) => "connection: keep-alive\r\n",
+            (false, false) => "",
+        };
         let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-backend: {name}\r\ncontent-length: {}\r\n{}\r\n{body}",
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\nx-backend: {name}\r\ncontent-length: {}\r\n{connection}\r\n{body}",
             body.len(),
-            if close { "connection: close\r\n" } else { "" }
         );
         if stream.write_all(response.as_bytes()).await.is_err() || close {
             return;
