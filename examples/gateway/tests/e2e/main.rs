@@ -62,7 +62,13 @@ async fn reloads(gateways: &[Gateway], result: &str, n: f64, what: &str) {
     }
 }
 
+/// The tests of this binary run one at a time: each reserves free ports (bound, released,
+/// then bound again by the process it starts), and another test's processes binding port 0
+/// meanwhile could take one of them.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct Setup {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
     cluster: Cluster,
     backends: Vec<Backend>,
     gateways: Vec<Gateway>,
@@ -72,6 +78,7 @@ struct Setup {
 
 impl Setup {
     async fn start(name: &str, mask: u32, extra: &[&str]) -> Setup {
+        let turn = ONE_AT_A_TIME.lock().await;
         let cluster = Cluster::start(name, ClusterOptions::default()).await;
         let dir = tempfile::Builder::new()
             .prefix(&format!("affinity-{name}-gw-"))
@@ -95,6 +102,7 @@ impl Setup {
             g.wait_ready().await;
         }
         Setup {
+            _turn: turn,
             cluster,
             backends,
             gateways,
