@@ -11,6 +11,10 @@
 //! proposed at once, alone: batching adds no delay, it only happens when writes would
 //! otherwise queue behind each other.
 //!
+//! At most `max_pending` writes may be queued or in flight at once; past that, a write is
+//! refused at once ([`Full`]) rather than queued without bound, so that an overloaded leader
+//! sheds load instead of growing memory and latency.
+//!
 //! The operations of a batch are applied one after another at one stamp and one log index,
 //! each with its own outcome, exactly as if they had been proposed back to back; first
 //! writer wins holds within a batch as across entries.
@@ -40,19 +44,31 @@ pub struct BatchStats {
     pub entries: AtomicU64,
     /// Operations carried by them.
     pub ops: AtomicU64,
+    /// Writes refused because `max_pending` were already pending.
+    pub shed: AtomicU64,
+}
+
+/// The batcher already holds its maximum of pending writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full {
+    /// The maximum.
+    pub max_pending: usize,
 }
 
 /// Groups client writes into log entries; see the module docs.
 #[derive(Debug)]
 pub struct Batcher {
     queue: mpsc::UnboundedSender<Pending>,
+    pending: Arc<Semaphore>,
+    max_pending: usize,
     stats: Arc<BatchStats>,
 }
 
 impl Batcher {
     /// Start the batcher of `raft`: at most `in_flight` entries in flight, at most `max_ops`
-    /// operations per entry. It stops when the batcher is dropped.
-    pub fn start(raft: Raft, in_flight: usize, max_ops: usize) -> Self {
+    /// operations per entry, at most `max_pending` writes queued or in flight. It stops
+    /// when the batcher is dropped.
+    pub fn start(raft: Raft, in_flight: usize, max_ops: usize, max_pending: usize) -> Self {
         let (queue, arrivals) = mpsc::unbounded_channel();
         let stats = Arc::new(BatchStats::default());
         tokio::spawn(run(
@@ -62,15 +78,30 @@ impl Batcher {
             max_ops.max(1),
             Arc::clone(&stats),
         ));
-        Batcher { queue, stats }
+        let max_pending = max_pending.max(1);
+        Batcher {
+            queue,
+            pending: Arc::new(Semaphore::new(max_pending)),
+            max_pending,
+            stats,
+        }
     }
 
-    /// Propose `op` (a [`Op::batchable`] one) and wait until it is applied. `None` when the
-    /// batcher has stopped (the node is shutting down).
-    pub async fn propose(&self, op: Op) -> Option<Reply> {
+    /// Propose `op` (a [`Op::batchable`] one) and wait until it is applied. `Ok(None)` when
+    /// the batcher has stopped (the node is shutting down); [`Full`] at once when
+    /// `max_pending` writes are already pending.
+    pub async fn propose(&self, op: Op) -> Result<Option<Reply>, Full> {
+        let Ok(_pending) = self.pending.try_acquire() else {
+            self.stats.shed.fetch_add(1, Ordering::Relaxed);
+            return Err(Full {
+                max_pending: self.max_pending,
+            });
+        };
         let (reply, answer) = oneshot::channel();
-        self.queue.send(Pending { op, reply }).ok()?;
-        answer.await.ok()
+        if self.queue.send(Pending { op, reply }).is_err() {
+            return Ok(None);
+        }
+        Ok(answer.await.ok())
     }
 
     /// What it has proposed so far.

@@ -38,6 +38,39 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Storage settings.
     pub storage: StoreOptions,
+    /// Bounds on what clients can make this node hold or do at once.
+    pub limits: Limits,
+}
+
+/// Bounds on what clients can make a node hold or do at once. Each refusal is a clear error
+/// (RESOURCE_EXHAUSTED, or UNAVAILABLE with a retry hint for load) that changes nothing,
+/// and is counted in `affinity_limit_rejections_total`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Leases held in total (live, or ended and not yet swept) before a `Resolve` that would
+    /// create one more is refused. Bounds memory whatever clients send.
+    pub max_leases: u64,
+    /// The same per scope; 0 means no per-scope limit.
+    pub max_leases_per_scope: u64,
+    /// Client writes waiting for or in a log entry on the leader; past it, writes are shed
+    /// with UNAVAILABLE and a retry hint instead of queueing without bound.
+    pub max_pending_writes: usize,
+    /// `Watch` streams this node serves at once.
+    pub max_watchers: usize,
+    /// Concurrent HTTP/2 streams (calls) per client connection.
+    pub max_streams_per_connection: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_leases: 10_000_000,
+            max_leases_per_scope: 0,
+            max_pending_writes: 10_000,
+            max_watchers: 1_024,
+            max_streams_per_connection: 1_024,
+        }
+    }
 }
 
 /// Raft timing and compaction settings.
@@ -77,6 +110,7 @@ impl Default for Config {
             proposal_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             storage: StoreOptions::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -218,6 +252,19 @@ impl Config {
                     ));
                 }
                 Some(_) => {}
+            }
+        }
+        for (setting, value) in [
+            ("max-leases", self.limits.max_leases),
+            ("max-pending-writes", self.limits.max_pending_writes as u64),
+            ("max-watchers", self.limits.max_watchers as u64),
+            (
+                "max-streams-per-connection",
+                u64::from(self.limits.max_streams_per_connection),
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(setting, "must be at least 1"));
             }
         }
         if self.raft.heartbeat.is_zero() || self.raft.election_timeout <= self.raft.heartbeat * 2 {
@@ -363,5 +410,33 @@ mod tests {
             "raft-election-timeout"
         );
         assert!(Config::default().openraft().is_ok());
+    }
+
+    type Zero = fn(&mut Limits);
+
+    #[test]
+    fn limits_must_allow_something() {
+        let bound: SocketAddr = "127.0.0.1:7400".parse().unwrap();
+        let zeroed: [(&str, Zero); 4] = [
+            ("max-leases", |l| l.max_leases = 0),
+            ("max-pending-writes", |l| l.max_pending_writes = 0),
+            ("max-watchers", |l| l.max_watchers = 0),
+            ("max-streams-per-connection", |l| {
+                l.max_streams_per_connection = 0;
+            }),
+        ];
+        for (setting, zero) in zeroed {
+            let mut config = Config::default();
+            zero(&mut config.limits);
+            let err = config.resolve_advertise(bound).unwrap_err();
+            assert_eq!(err.setting, setting);
+            assert_eq!(err.reason, "must be at least 1");
+        }
+        let mut config = Config::default();
+        config.limits.max_leases_per_scope = 0;
+        assert!(
+            config.resolve_advertise(bound).is_ok(),
+            "0 turns the per-scope limit off"
+        );
     }
 }

@@ -37,6 +37,20 @@ pub enum ServiceError {
     /// The request is larger than this node accepts. (RESOURCE_EXHAUSTED)
     #[error("{0}")]
     TooLarge(String),
+    /// A configured limit would be passed (leases in total or per scope, watch streams);
+    /// nothing was changed. (RESOURCE_EXHAUSTED)
+    #[error("{0}")]
+    LimitReached(String),
+    /// The leader has more writes pending than it accepts; nothing was changed and the
+    /// call may be retried after `retry_after_ms`. (UNAVAILABLE, with
+    /// `grpc-retry-pushback-ms`)
+    #[error("{message}")]
+    Overloaded {
+        /// What is full.
+        message: String,
+        /// When to try again.
+        retry_after_ms: u64,
+    },
     /// The request asks for history this node no longer has. (OUT_OF_RANGE)
     #[error("{0}")]
     OutOfRange(String),

@@ -36,6 +36,12 @@ pub struct RpcCode {
     pub code: &'static str,
 }
 
+/// Labels naming a limit.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabel {
+    limit: &'static str,
+}
+
 /// Labels naming an RPC.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Rpc {
@@ -318,6 +324,25 @@ impl prometheus_client::collector::Collector for NodeCollector {
             "Client writes carried by those entries (divide by entries for the batch size)",
             batches.ops.load(Ordering::Relaxed),
         )?;
+        let refusals = node.refusals();
+        let refused = [
+            ("max-leases", refusals.leases.load(Ordering::Relaxed)),
+            (
+                "max-leases-per-scope",
+                refusals.leases_per_scope.load(Ordering::Relaxed),
+            ),
+            ("max-pending-writes", batches.shed.load(Ordering::Relaxed)),
+            ("max-watchers", refusals.watchers.load(Ordering::Relaxed)),
+        ];
+        let mut family = e.encode_descriptor(
+            "affinity_limit_rejections",
+            "Requests refused by a configured limit, by limit",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (limit, value) in refused {
+            ConstCounter::new(value).encode(family.encode_family(&LimitLabel { limit })?)?;
+        }
         let micros = flush.sync_micros.load(Ordering::Relaxed);
         let metric = ConstCounter::new(Duration::from_micros(micros).as_secs_f64());
         let enc = e.encode_descriptor(

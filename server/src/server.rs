@@ -120,6 +120,7 @@ async fn serve(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(config.limits.max_streams_per_connection)
         .add_service(
             pb::affinity_server::AffinityServer::new(AffinityService::new(Arc::clone(&ctx)))
                 .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)

@@ -143,6 +143,23 @@ struct NodeArgs {
     /// Recent events kept so that a broken Watch can resume. [default: 65536]
     #[arg(long, global = true, env = "AFFINITY_WATCH_HISTORY")]
     watch_history: Option<usize>,
+    /// Leases held before a Resolve that would create one more is refused
+    /// (RESOURCE_EXHAUSTED). [default: 10000000]
+    #[arg(long, global = true, env = "AFFINITY_MAX_LEASES")]
+    max_leases: Option<u64>,
+    /// The same per scope; 0 turns the per-scope limit off. [default: 0]
+    #[arg(long, global = true, env = "AFFINITY_MAX_LEASES_PER_SCOPE")]
+    max_leases_per_scope: Option<u64>,
+    /// Client writes queued or in flight on the leader before more are shed with
+    /// UNAVAILABLE and a retry hint. [default: 10000]
+    #[arg(long, global = true, env = "AFFINITY_MAX_PENDING_WRITES")]
+    max_pending_writes: Option<usize>,
+    /// Watch streams served at once. [default: 1024]
+    #[arg(long, global = true, env = "AFFINITY_MAX_WATCHERS")]
+    max_watchers: Option<usize>,
+    /// Concurrent calls (HTTP/2 streams) per client connection. [default: 1024]
+    #[arg(long, global = true, env = "AFFINITY_MAX_STREAMS_PER_CONNECTION")]
+    max_streams_per_connection: Option<u32>,
 }
 
 #[derive(Clone, Copy, ValueEnum, Deserialize, PartialEq, Eq)]
@@ -175,6 +192,11 @@ struct FileArgs {
     shutdown_grace: Option<GatewayDuration>,
     watch_buffer: Option<usize>,
     watch_history: Option<usize>,
+    max_leases: Option<u64>,
+    max_leases_per_scope: Option<u64>,
+    max_pending_writes: Option<usize>,
+    max_watchers: Option<usize>,
+    max_streams_per_connection: Option<u32>,
 }
 
 /// Settings after layering, plus what only the binary uses.
@@ -275,6 +297,27 @@ fn layer(args: NodeArgs) -> Result<Settings, String> {
         .watch_buffer
         .or(file.watch_buffer)
         .unwrap_or(config.storage.watch_buffer);
+    let limits = &mut config.limits;
+    limits.max_leases = args
+        .max_leases
+        .or(file.max_leases)
+        .unwrap_or(limits.max_leases);
+    limits.max_leases_per_scope = args
+        .max_leases_per_scope
+        .or(file.max_leases_per_scope)
+        .unwrap_or(limits.max_leases_per_scope);
+    limits.max_pending_writes = args
+        .max_pending_writes
+        .or(file.max_pending_writes)
+        .unwrap_or(limits.max_pending_writes);
+    limits.max_watchers = args
+        .max_watchers
+        .or(file.max_watchers)
+        .unwrap_or(limits.max_watchers);
+    limits.max_streams_per_connection = args
+        .max_streams_per_connection
+        .or(file.max_streams_per_connection)
+        .unwrap_or(limits.max_streams_per_connection);
     config.raft.logs_kept_after_snapshot = args
         .raft_logs_kept
         .or(file.raft_logs_kept)
@@ -397,6 +440,11 @@ fn check(settings: &Settings) -> Result<serde_json::Value, String> {
         "sweep_interval_ms": config.sweep_interval.as_millis(),
         "proposal_timeout_ms": config.proposal_timeout.as_millis(),
         "shutdown_grace_ms": config.shutdown_grace.as_millis(),
+        "max_leases": config.limits.max_leases,
+        "max_leases_per_scope": config.limits.max_leases_per_scope,
+        "max_pending_writes": config.limits.max_pending_writes,
+        "max_watchers": config.limits.max_watchers,
+        "max_streams_per_connection": config.limits.max_streams_per_connection,
     }))
 }
 

@@ -136,6 +136,9 @@ impl Affinity for AffinityService {
                 if let Some(kept) = self.kept_lease(&checked, budget).await? {
                     return Ok(kept);
                 }
+                if self.ctx.node.is_leader() {
+                    self.ctx.node.admit_create(&checked.scope, checked.key)?;
+                }
                 // Boxed, so that a read served from a kept lease does not carry the (much
                 // larger) write future with it.
                 answer(Box::pin(self.ctx.node.propose(Op::resolve(checked), budget)).await?)
@@ -309,13 +312,17 @@ impl Affinity for AffinityService {
             let checked = request::Watch::try_from(wire).map_err(invalid)?;
             call.span().record("scope", checked.scope.as_deref().unwrap_or("*"));
             let start = checked.start_revision;
+            let slot = self.ctx.node.admit_watcher()?;
             let subscription = self.ctx.node.state().subscribe(start).map_err(|floor| {
                 Status::from(ServiceError::OutOfRange(format!(
                     "start_revision {start} is older than this node's change history, which begins at revision {floor}; re-read with List and watch from now"
                 )))
             })?;
             let since = subscription.since;
-            Ok((watch::stream(subscription, checked.scope, self.ctx.shutdown.clone()), since))
+            Ok((
+                watch::stream(subscription, checked.scope, self.ctx.shutdown.clone(), slot),
+                since,
+            ))
         })
         .await?;
         let (metadata, (stream, since), extensions) = answer.into_parts();

@@ -14,6 +14,9 @@ pub const LEADER_ID_METADATA: &str = "affinity-leader-id";
 /// Metadata key: on a `Watch` answer, the newest revision published before the stream's live
 /// part; a client that resumes from it (`start_revision`) misses no change.
 pub const REVISION_METADATA: &str = "affinity-revision";
+/// Metadata key: on an UNAVAILABLE answer to shed load, how many milliseconds to wait before
+/// retrying (the key gRPC's own retry policy reads).
+pub const RETRY_PUSHBACK_METADATA: &str = "grpc-retry-pushback-ms";
 /// Metadata key: set by a node that forwards a request to the leader (one hop only).
 pub const FORWARDED_METADATA: &str = "affinity-forwarded-by";
 
@@ -43,7 +46,16 @@ impl From<ServiceError> for Status {
             ServiceError::DeadlineExceeded(_) => Status::deadline_exceeded(message),
             ServiceError::NotFound(_) => Status::not_found(message),
             ServiceError::FailedPrecondition(_) => Status::failed_precondition(message),
-            ServiceError::TooLarge(_) => Status::resource_exhausted(message),
+            ServiceError::TooLarge(_) | ServiceError::LimitReached(_) => {
+                Status::resource_exhausted(message)
+            }
+            ServiceError::Overloaded { retry_after_ms, .. } => {
+                let mut status = Status::unavailable(message);
+                status
+                    .metadata_mut()
+                    .insert(RETRY_PUSHBACK_METADATA, MetadataValue::from(retry_after_ms));
+                status
+            }
             ServiceError::OutOfRange(_) => Status::out_of_range(message),
             ServiceError::Aborted(_) => Status::aborted(message),
             ServiceError::Internal(_) => Status::internal(message),
@@ -89,6 +101,17 @@ mod tests {
                 Code::FailedPrecondition,
             ),
             (ServiceError::TooLarge("x".into()), Code::ResourceExhausted),
+            (
+                ServiceError::LimitReached("x".into()),
+                Code::ResourceExhausted,
+            ),
+            (
+                ServiceError::Overloaded {
+                    message: "x".into(),
+                    retry_after_ms: 5,
+                },
+                Code::Unavailable,
+            ),
             (ServiceError::OutOfRange("x".into()), Code::OutOfRange),
             (ServiceError::Aborted("x".into()), Code::Aborted),
             (ServiceError::Internal("x".into()), Code::Internal),
@@ -96,6 +119,18 @@ mod tests {
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);
         }
+    }
+
+    #[test]
+    fn shed_load_carries_a_retry_hint() {
+        let status = Status::from(ServiceError::Overloaded {
+            message: "too many writes pending".into(),
+            retry_after_ms: 50,
+        });
+        assert_eq!(
+            status.metadata().get(RETRY_PUSHBACK_METADATA).unwrap(),
+            "50"
+        );
     }
 
     #[test]

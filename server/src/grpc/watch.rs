@@ -11,6 +11,7 @@ use std::pin::Pin;
 
 use affinity_proto::pb;
 use futures::Stream;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
@@ -28,6 +29,8 @@ struct State {
     pending: VecDeque<pb::WatchEvent>,
     shutdown: CancellationToken,
     ended: bool,
+    /// This stream's place among the node's `max-watchers`; freed when the stream is dropped.
+    _slot: OwnedSemaphorePermit,
 }
 
 /// The stream of `subscription`'s replay then live changes, in `scope` or all scopes.
@@ -35,6 +38,7 @@ pub fn stream(
     subscription: Subscription,
     scope: Option<String>,
     shutdown: CancellationToken,
+    slot: OwnedSemaphorePermit,
 ) -> WatchStream {
     let pending = subscription
         .replay
@@ -48,6 +52,7 @@ pub fn stream(
         pending,
         shutdown,
         ended: false,
+        _slot: slot,
     };
     Box::pin(futures::stream::unfold(state, |mut st| async move {
         if st.ended {

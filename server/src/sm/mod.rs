@@ -110,6 +110,11 @@ impl LeaseTable {
         self.count
     }
 
+    /// Leases held in `scope`, live or not yet swept.
+    pub fn scope_len(&self, scope: &str) -> usize {
+        self.leases.get(scope).map_or(0, BTreeMap::len)
+    }
+
     /// No lease at all.
     pub fn is_empty(&self) -> bool {
         self.count == 0

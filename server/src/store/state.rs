@@ -102,6 +102,18 @@ impl StateMachineStore {
             .list(scope, after, limit, now_ms)
     }
 
+    /// Under one lock: leases held in total, leases held in `scope`, and whether a live
+    /// lease holds (`scope`, `key`) at `now_ms`.
+    pub fn occupancy(&self, scope: &str, key: ClientKey, now_ms: i64) -> (usize, usize, bool) {
+        let state = self.inner.state.read();
+        let table = &state.table;
+        (
+            table.len(),
+            table.scope_len(scope),
+            table.get(scope, key, now_ms).is_some(),
+        )
+    }
+
     /// Leases held, live or not yet swept.
     pub fn lease_count(&self) -> usize {
         self.inner.state.read().table.len()

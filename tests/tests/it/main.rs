@@ -10,6 +10,8 @@
 //! - `client`: `affinity-client` against a cluster: shared decisions, cache, watch, expiry,
 //!   coalescing, failover, fallback.
 //! - `ctl`: every `affinityctl` command against a cluster.
+//! - `limits`: leases in total and per scope, watch streams and pending writes, each
+//!   refused clearly, counted, and with nothing written.
 //! - `service`: health, reflection, leader hints, deadlines without a quorum, slow watchers,
 //!   oversized messages.
 
@@ -24,4 +26,5 @@ mod cluster_basics;
 mod cluster_faults;
 mod contract;
 mod ctl;
+mod limits;
 mod service;
