@@ -106,7 +106,10 @@ fn decode_record(index: u64, bytes: &[u8]) -> io::Result<pb::Entry> {
     }
 }
 
-fn decode_entry(index: u64, bytes: &[u8]) -> io::Result<Entry> {
+/// Decode the stored record of log entry `index` (as read from the log tree), checking its
+/// record version and that it is the entry it is stored as. Any input gets an error or an
+/// entry, never a panic (fuzzed by `fuzz/`).
+pub fn decode_entry(index: u64, bytes: &[u8]) -> io::Result<Entry> {
     let entry = entry_from_pb(decode_record(index, bytes)?)
         .map_err(|e| invalid(format!("log entry {index}: {e}")))?;
     if entry.log_id.index() != index {
