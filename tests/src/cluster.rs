@@ -222,6 +222,35 @@ impl Cluster {
         .await
     }
 
+    /// Node `id`'s process id, while it runs.
+    pub fn pid(&self, id: u64) -> Option<u32> {
+        self.nodes[&id].child.as_ref().map(Child::id)
+    }
+
+    /// Everything node `id` has logged (stdout and stderr, every start).
+    pub fn log(&self, id: u64) -> String {
+        std::fs::read_to_string(&self.nodes[&id].log).unwrap_or_default()
+    }
+
+    /// Wait (up to `timeout`) for node `id` to exit on its own; its exit status. A node
+    /// still running when the wait fails stays in the cluster, which kills it on drop.
+    pub async fn wait_exit(&mut self, id: u64, timeout: Duration) -> ExitStatus {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let node = self.nodes.get_mut(&id).expect("known node");
+            let child = node.child.as_mut().expect("node was started");
+            if let Ok(Some(status)) = child.try_wait() {
+                node.child = None;
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "node {id} did not exit within {timeout:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Node `id`'s data folder.
     pub fn data_dir(&self, id: u64) -> &Path {
         &self.nodes[&id].data_dir

@@ -12,6 +12,8 @@
 //! - `ctl`: every `affinityctl` command against a cluster.
 //! - `limits`: leases in total and per scope, watch streams and pending writes, each
 //!   refused clearly, counted, and with nothing written.
+//! - `robustness`: garbage and abusive HTTP/2 while a client is served with bounded
+//!   memory; a damaged snapshot stops the node at start, naming the file.
 //! - `service`: health, reflection, leader hints, deadlines without a quorum, slow watchers,
 //!   oversized messages.
 
@@ -27,4 +29,5 @@ mod cluster_faults;
 mod contract;
 mod ctl;
 mod limits;
+mod robustness;
 mod service;

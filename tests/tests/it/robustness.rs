@@ -1,0 +1,211 @@
+//! Hostile and broken input against a real node: garbage and abusive HTTP/2 on the gRPC
+//! port while a well-behaved client keeps being served with bounded memory, and a damaged
+//! snapshot file that stops the node at start with an error naming it.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use affinity_proto::pb;
+use affinity_tests::requests::{lookup, resolve};
+use affinity_tests::{Cluster, ClusterOptions};
+use tonic::Code;
+use tonic::metadata::MetadataValue;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn one_node() -> ClusterOptions {
+    ClusterOptions {
+        nodes: 1,
+        ..ClusterOptions::default()
+    }
+}
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// An HTTP/2 frame header: length, type, flags, stream.
+fn frame(length: u32, kind: u8, flags: u8, stream: u32) -> Vec<u8> {
+    let mut out = length.to_be_bytes()[1..].to_vec();
+    out.extend([kind, flags]);
+    out.extend(stream.to_be_bytes());
+    out
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abusive_connections_do_not_stop_a_node_from_serving() {
+    let cluster = Cluster::start("abuse", one_node()).await;
+    let addr = cluster.addr(1);
+    let pid = cluster.pid(1).unwrap();
+    let mut client = cluster.client(1);
+    client
+        .resolve(resolve("ns/abuse/0", "10.0.0.1", "10.9.0.1:80", MINUTE))
+        .await
+        .unwrap();
+    let before = rss_kib(pid);
+
+    let mut held = Vec::new();
+    // Garbage instead of HTTP/2.
+    for i in 0..50u8 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let _ = s.write_all(&[i; 4096]);
+        held.push(s);
+    }
+    // Slow clients: a preface cut short, then nothing.
+    for _ in 0..100 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let _ = s.write_all(&PREFACE[..10]);
+        held.push(s);
+    }
+    // Frames that lie: a HEADERS frame claiming 16 MiB, and a SETTINGS frame of bad length.
+    for lie in [frame(16 << 20, 0x1, 0x4, 1), frame(5, 0x4, 0, 0)] {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let _ = s.write_all(PREFACE);
+        let _ = s.write_all(&frame(0, 0x4, 0, 0));
+        let _ = s.write_all(&lie);
+        let _ = s.write_all(&[0u8; 64]);
+        held.push(s);
+    }
+    // A stream reset storm on one connection: HEADERS then RST_STREAM, many times.
+    {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let _ = s.write_all(PREFACE);
+        let _ = s.write_all(&frame(0, 0x4, 0, 0));
+        for stream in (1..4000u32).step_by(2) {
+            // An empty header block: a malformed request, answered with a reset or an error.
+            let _ = s.write_all(&frame(0, 0x1, 0x4, stream));
+            let mut rst = frame(4, 0x3, 0, stream);
+            rst.extend(8u32.to_be_bytes());
+            let _ = s.write_all(&rst);
+        }
+        held.push(s);
+    }
+
+    // Huge metadata on a real call: refused, not a crash.
+    let mut request = tonic::Request::new(lookup("ns/abuse/0", "10.0.0.1"));
+    let big = "x".repeat(256 * 1024);
+    request
+        .metadata_mut()
+        .insert("x-big", MetadataValue::try_from(big.as_str()).unwrap());
+    let refused = client.lookup(request).await.unwrap_err();
+    assert_ne!(refused.code(), Code::Ok);
+
+    // Far more concurrent calls on one connection than --max-streams-per-connection: they
+    // wait their turn and all succeed.
+    let calls = (0..3000u32).map(|i| {
+        let mut client = client.clone();
+        async move {
+            client
+                .lookup(lookup(
+                    "ns/abuse/0",
+                    &format!("10.{}.{}.1", i / 256, i % 256),
+                ))
+                .await
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let failed: Vec<_> = answers.iter().filter(|a| a.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 3000 calls failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+
+    // Still serving, with the abusers connected, and memory bounded.
+    let kept = client
+        .resolve(resolve("ns/abuse/0", "10.0.0.9", "10.9.0.2:80", MINUTE))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(kept.lease.unwrap().endpoint, "10.9.0.1:80");
+    let after = rss_kib(pid);
+    eprintln!("node RSS before the abuse {before} KiB, after {after} KiB");
+    assert!(
+        after < before + 128 * 1024,
+        "RSS grew from {before} KiB to {after} KiB under abuse"
+    );
+    drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_snapshot_stops_the_node_at_start_and_says_which_file() {
+    let mut cluster = Cluster::start("damaged-snapshot", one_node()).await;
+    let mut client = cluster.client(1);
+    for i in 1..=5 {
+        client
+            .resolve(resolve(
+                "ns/snap/0",
+                &format!("10.0.{i}.1"),
+                "10.9.0.1:80",
+                MINUTE,
+            ))
+            .await
+            .unwrap();
+    }
+    cluster
+        .admin(1)
+        .snapshot(pb::SnapshotRequest {})
+        .await
+        .unwrap();
+    assert!(cluster.stop(1).await.success());
+    let dir = cluster.data_dir(1).join("snapshots");
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "bin"))
+        .expect("a snapshot file");
+    let good = std::fs::read(&file).unwrap();
+    let name = file.file_name().unwrap().to_string_lossy().to_string();
+
+    let damages: [(&str, Vec<u8>); 3] = [
+        ("a flipped bit in a lease", {
+            let mut b = good.clone();
+            let at = b.len() / 2;
+            b[at] ^= 0x10;
+            b
+        }),
+        ("a cut-off tail", good[..good.len() - 7].to_vec()),
+        ("a wrong magic", {
+            let mut b = good.clone();
+            b[0] ^= 0xff;
+            b
+        }),
+    ];
+    for (what, bytes) in damages {
+        std::fs::write(&file, &bytes).unwrap();
+        let logged_before = cluster.log(1).len();
+        cluster.spawn(1);
+        let status = cluster.wait_exit(1, Duration::from_secs(20)).await;
+        assert!(
+            !status.success(),
+            "{what}: the node started on a damaged snapshot"
+        );
+        let log = cluster.log(1);
+        let said = &log[logged_before..];
+        assert!(
+            said.contains(&name),
+            "{what}: the error names the file: {said}"
+        );
+    }
+    // With the file mended, the node starts and serves what it held.
+    std::fs::write(&file, &good).unwrap();
+    cluster.spawn(1);
+    cluster.wait_leader(&[1]).await;
+    let mut client = cluster.client(1);
+    let held = client
+        .lookup(lookup("ns/snap/0", "10.0.3.1"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(held.lease.unwrap().endpoint, "10.9.0.1:80");
+}
