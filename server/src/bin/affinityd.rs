@@ -402,6 +402,14 @@ async fn stop_signal() {
 
 async fn run_node(settings: Settings) -> Result<(), String> {
     let grpc = bind("listen", &settings.listen).await?;
+    if let Ok(bound) = grpc.local_addr()
+        && !bound.ip().is_loopback()
+    {
+        tracing::warn!(
+            listen = %bound,
+            "serving plaintext gRPC beyond loopback: this node has no TLS or authentication, so anyone who can reach this address can read and change leases; restrict it with a NetworkPolicy or firewall (docs/security.md)"
+        );
+    }
     let metrics = match &settings.metrics_listen {
         Some(addr) => Some(bind("metrics-listen", addr).await?),
         None => None,
