@@ -18,6 +18,8 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v git >/dev/null 2>&1 || need+=(git)
 # The example gateway links Pingora, whose zlib (libz-ng-sys) builds with cmake.
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
+# The clock-step test runs a node under libfaketime.
+[ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
 
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then

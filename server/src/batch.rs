@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use openraft::errors::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::clock;
+use crate::node::Stamps;
 use crate::raft::{Raft, TypeConfig};
 use crate::sm::{Command, Op, Outcome};
 
@@ -68,11 +68,18 @@ impl Batcher {
     /// Start the batcher of `raft`: at most `in_flight` entries in flight, at most `max_ops`
     /// operations per entry, at most `max_pending` writes queued or in flight. It stops
     /// when the batcher is dropped.
-    pub fn start(raft: Raft, in_flight: usize, max_ops: usize, max_pending: usize) -> Self {
+    pub fn start(
+        raft: Raft,
+        stamps: Stamps,
+        in_flight: usize,
+        max_ops: usize,
+        max_pending: usize,
+    ) -> Self {
         let (queue, arrivals) = mpsc::unbounded_channel();
         let stats = Arc::new(BatchStats::default());
         tokio::spawn(run(
             raft,
+            stamps,
             arrivals,
             Arc::new(Semaphore::new(in_flight.max(1))),
             max_ops.max(1),
@@ -112,6 +119,7 @@ impl Batcher {
 
 async fn run(
     raft: Raft,
+    stamps: Stamps,
     mut arrivals: mpsc::UnboundedReceiver<Pending>,
     slots: Arc<Semaphore>,
     max_ops: usize,
@@ -137,15 +145,15 @@ async fn run(
         stats.entries.fetch_add(1, Ordering::Relaxed);
         stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
         let raft = raft.clone();
+        let stamp_ms = stamps.now();
         tokio::spawn(async move {
-            write(&raft, batch).await;
+            write(&raft, stamp_ms, batch).await;
             drop(slot);
         });
     }
 }
 
-async fn write(raft: &Raft, mut batch: Vec<Pending>) {
-    let stamp_ms = clock::now_ms();
+async fn write(raft: &Raft, stamp_ms: i64, mut batch: Vec<Pending>) {
     if batch.len() == 1 {
         if let Some(one) = batch.pop() {
             let written = raft

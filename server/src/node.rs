@@ -168,6 +168,25 @@ pub struct Node {
     refusals: Refusals,
     /// One permit per Watch stream this node may serve.
     watch_slots: Arc<Semaphore>,
+    /// Stamps proposals.
+    stamps: Stamps,
+}
+
+/// Stamps for this node's proposals while it leads: [`clock::LeaderClock`] fed with the
+/// current term and the newest stamp applied. Cheap to clone.
+#[derive(Clone)]
+pub struct Stamps {
+    clock: Arc<clock::LeaderClock>,
+    raft: Raft,
+    state: StateMachineStore,
+}
+
+impl Stamps {
+    /// The stamp for a proposal made now.
+    pub fn now(&self) -> i64 {
+        let term = self.raft.metrics().borrow_watched().current_term;
+        self.clock.stamp(term, self.state.clock_ms())
+    }
 }
 
 /// Requests refused by a limit, by limit (pending writes are counted by the batcher).
@@ -216,8 +235,14 @@ impl Node {
         )
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
+        let stamps = Stamps {
+            clock: Arc::new(clock::LeaderClock::default()),
+            raft: raft.clone(),
+            state: storage.state.clone(),
+        };
         let batcher = Batcher::start(
             raft.clone(),
+            stamps.clone(),
             BATCH_IN_FLIGHT,
             BATCH_MAX_OPS,
             config.limits.max_pending_writes,
@@ -234,9 +259,15 @@ impl Node {
             limits: config.limits.clone(),
             refusals: Refusals::default(),
             watch_slots: Arc::new(Semaphore::new(config.limits.max_watchers)),
+            stamps,
         };
         crate::join::bootstrap(&node, config, &address, &peers).await?;
         Ok(Arc::new(node))
+    }
+
+    /// The time this node would stamp a proposal with now (see [`clock::LeaderClock`]).
+    pub fn stamp_now(&self) -> i64 {
+        self.stamps.now()
     }
 
     /// The configured bounds.
@@ -255,7 +286,7 @@ impl Node {
     /// proposes; writes already pending may pass the bound by at most
     /// `max-pending-writes`.
     pub fn admit_create(&self, scope: &str, key: ClientKey) -> Result<(), ServiceError> {
-        let (total, in_scope, live) = self.state.occupancy(scope, key, clock::now_ms());
+        let (total, in_scope, live) = self.state.occupancy(scope, key, self.stamps.now());
         if live {
             return Ok(());
         }
@@ -396,7 +427,7 @@ impl Node {
             };
         }
         let command = Command {
-            stamp_ms: clock::now_ms(),
+            stamp_ms: self.stamps.now(),
             op,
         };
         let written = tokio::time::timeout_at(budget.until, self.raft.client_write(command)).await;

@@ -22,7 +22,6 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 use tracing::Instrument;
 
-use crate::clock;
 use crate::config::{Config, ConfigError};
 use crate::grpc::affinity::AffinityService;
 use crate::grpc::cluster::ClusterService;
@@ -290,7 +289,7 @@ async fn sweep(node: Arc<Node>, interval: Duration, stopping: CancellationToken)
         if !node.is_leader() {
             continue;
         }
-        let now = clock::now_ms();
+        let now = node.stamp_now();
         if node.state().next_end_ms().is_none_or(|end| end > now) {
             continue;
         }

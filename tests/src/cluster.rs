@@ -38,6 +38,8 @@ pub struct ClusterOptions {
     pub logs_kept: u64,
     /// More `affinityd` arguments for every node.
     pub extra_args: Vec<String>,
+    /// Environment variables for every node.
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl Default for ClusterOptions {
@@ -50,6 +52,7 @@ impl Default for ClusterOptions {
             snapshot_threshold: 10_000,
             logs_kept: 1_000,
             extra_args: Vec::new(),
+            extra_env: Vec::new(),
         }
     }
 }
@@ -177,6 +180,7 @@ impl Cluster {
             .arg(options.logs_kept.to_string())
             .args(["--log-level", "info,openraft=warn"])
             .args(&options.extra_args)
+            .envs(options.extra_env.iter().map(|(k, v)| (k, v)))
             .env_remove("AFFINITY_CONFIG")
             .stdin(Stdio::null())
             .stdout(log)

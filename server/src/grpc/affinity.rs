@@ -18,7 +18,6 @@ use tonic::{Request, Response, Status};
 use super::call::serve;
 use super::status::{REVISION_METADATA, invalid};
 use super::{CLIENT_MAX_MESSAGE_BYTES, Ctx, watch};
-use crate::clock;
 use crate::error::ServiceError;
 use crate::node::Budget;
 use crate::sm::lease::{prefix_from_pb, prefix_to_pb};
@@ -89,7 +88,7 @@ impl AffinityService {
         }
         let kept = || {
             node.state()
-                .lookup(&checked.scope, checked.key, clock::now_ms())
+                .lookup(&checked.scope, checked.key, node.stamp_now())
                 .filter(|lease| {
                     lease.idle_timeout_ms.is_none()
                         && (checked.eligible.is_empty()
@@ -162,7 +161,7 @@ impl Affinity for AffinityService {
             call.record_key(&checked.scope, &checked.key);
             let read = || {
                 let state = self.ctx.node.state();
-                let lease = state.lookup(&checked.scope, checked.key, clock::now_ms());
+                let lease = state.lookup(&checked.scope, checked.key, self.ctx.node.stamp_now());
                 Ok(pb::LookupResponse {
                     lease: lease.as_ref().map(crate::sm::Lease::to_pb),
                 })
@@ -282,7 +281,7 @@ impl Affinity for AffinityService {
                     checked.scope.as_deref(),
                     after.as_ref().map(|(s, k)| (s.as_str(), *k)),
                     checked.page_size as usize,
-                    clock::now_ms(),
+                    self.ctx.node.stamp_now(),
                 );
                 let next_page_token = match (more, leases.last()) {
                     (true, Some(last)) => encode_token(&last.scope, &last.key),

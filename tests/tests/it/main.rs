@@ -3,6 +3,8 @@
 //! - `contract`: the public wire names (services, methods, messages, fields) are exactly
 //!   those users' tools rely on.
 //! - `agreement`: the client's and the server's view of a request are the same.
+//! - `clock_steps`: wall-clock steps on the leader (libfaketime) neither end nor extend
+//!   leases.
 //! - `cluster_basics`: a 3-node cluster of real `affinityd` processes: election, one winner,
 //!   absolute expiry, every kind of change.
 //! - `cluster_faults`: killed leaders, full restarts, membership changes.
@@ -24,6 +26,7 @@ mod agreement;
 mod backup;
 mod bad_input;
 mod client;
+mod clock_steps;
 mod cluster_basics;
 mod cluster_faults;
 mod contract;
