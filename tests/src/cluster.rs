@@ -40,6 +40,9 @@ pub struct ClusterOptions {
     pub extra_args: Vec<String>,
     /// Environment variables for every node.
     pub extra_env: Vec<(String, String)>,
+    /// Folder to hold the nodes' data folders (for example a small mount); by default the
+    /// cluster's own temporary folder.
+    pub data_parent: Option<PathBuf>,
 }
 
 impl Default for ClusterOptions {
@@ -53,6 +56,7 @@ impl Default for ClusterOptions {
             logs_kept: 1_000,
             extra_args: Vec::new(),
             extra_env: Vec::new(),
+            data_parent: None,
         }
     }
 }
@@ -116,7 +120,12 @@ impl Cluster {
     }
 
     fn add_proc(&mut self, id: u64, grpc: SocketAddr) {
-        let data_dir = self.root().join(format!("node-{id}"));
+        let data_dir = self
+            .options
+            .data_parent
+            .clone()
+            .unwrap_or_else(|| self.root().to_path_buf())
+            .join(format!("node-{id}"));
         let log = self.root().join(format!("node-{id}.log"));
         self.nodes.insert(
             id,

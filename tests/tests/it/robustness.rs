@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use affinity_proto::pb;
 use affinity_tests::requests::{lookup, resolve};
-use affinity_tests::{Cluster, ClusterOptions};
+use affinity_tests::{Cluster, ClusterOptions, wait};
 use tonic::Code;
 use tonic::metadata::MetadataValue;
 
@@ -208,4 +208,150 @@ async fn a_damaged_snapshot_stops_the_node_at_start_and_says_which_file() {
         .unwrap()
         .into_inner();
     assert_eq!(held.lease.unwrap().endpoint, "10.9.0.1:80");
+}
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    fn mount(megabytes: u32) -> Result<Tmpfs, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let path = dir.path().join("mnt");
+        std::fs::create_dir(&path).map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+        }
+        Ok(Tmpfs { path, _dir: dir })
+    }
+
+    /// Take all but `leave_kib` of the free space.
+    fn fill(&self, leave_kib: u64) {
+        let out = std::process::Command::new("df")
+            .args(["--output=avail", "-k"])
+            .arg(&self.path)
+            .output()
+            .unwrap();
+        let avail: u64 = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .and_then(|l| l.trim().parse().ok())
+            .unwrap();
+        let filler = vec![0u8; usize::try_from(avail.saturating_sub(leave_kib) * 1024).unwrap()];
+        std::fs::write(self.path.join("filler"), filler).unwrap();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path.join("filler")).unwrap();
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_fails_writes_clearly_and_a_restart_recovers_every_acknowledged_lease() {
+    let disk = match Tmpfs::mount(24) {
+        Ok(disk) => disk,
+        Err(why) => {
+            assert!(
+                std::env::var("AFFINITY_REQUIRE_DOCKER").as_deref() != Ok("1"),
+                "cannot mount a tmpfs for the disk-full test (needs root): {why}"
+            );
+            eprintln!(
+                "\n*** SKIPPED disk-full test: cannot mount a tmpfs (needs root): {why} ***\n"
+            );
+            return;
+        }
+    };
+    let options = ClusterOptions {
+        nodes: 1,
+        data_parent: Some(disk.path.clone()),
+        ..ClusterOptions::default()
+    };
+    let mut cluster = Cluster::start("disk-full", options).await;
+    let mut client = cluster.client(1);
+    disk.fill(256);
+
+    // Write until the disk refuses; every write either is acknowledged or fails clearly.
+    let scope = format!("ns/{}/0", "d".repeat(200));
+    let mut acknowledged = Vec::new();
+    let mut refusal = None;
+    for i in 0..20_000u32 {
+        let ip = format!("10.{}.{}.1", i / 256, i % 256);
+        match client
+            .resolve(resolve(&scope, &ip, "10.9.0.1:80", MINUTE))
+            .await
+        {
+            Ok(_) => acknowledged.push(ip),
+            Err(status) => {
+                refusal = Some(status);
+                break;
+            }
+        }
+    }
+    let refusal = refusal.expect("the disk filled up");
+    assert_eq!(refusal.code(), Code::Unavailable, "{refusal:?}");
+    assert!(
+        refusal.message().contains("No space left on device"),
+        "the error says why: {}",
+        refusal.message()
+    );
+    assert!(!acknowledged.is_empty());
+    // Its liveness check says so, so a supervisor restarts it.
+    let metrics = cluster.metrics_addr(1);
+    wait::until(
+        "/healthz reports the stopped Raft",
+        Duration::from_secs(10),
+        || async move {
+            let body = affinity_tests::cluster::http_get(metrics, "/healthz");
+            if body.starts_with("ok") {
+                Err(body)
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+
+    // Space comes back; the node is restarted (as its liveness probe would have it) and
+    // holds every acknowledged lease.
+    disk.free();
+    cluster.kill(1);
+    cluster.spawn(1);
+    cluster.wait_leader(&[1]).await;
+    let mut client = cluster.client(1);
+    for ip in &acknowledged {
+        let held = client
+            .lookup(lookup(&scope, ip))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(held.lease.is_some(), "acknowledged lease of {ip} was lost");
+    }
+    let again = client
+        .resolve(resolve(&scope, "10.250.0.1", "10.9.0.1:80", MINUTE))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(again.created);
+    eprintln!(
+        "disk full after {} acknowledged writes; all {} present after the restart",
+        acknowledged.len(),
+        acknowledged.len()
+    );
+    drop(cluster);
 }
