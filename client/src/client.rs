@@ -18,6 +18,7 @@ use crate::breaker::{Admission, Breaker, ProbeGuard};
 use crate::cache::{Entry, LeaseCache};
 use crate::endpoint::Endpoint;
 use crate::error::ClientError;
+use crate::tls::ClientTls;
 use crate::transport::Nodes;
 use crate::{fallback, watch};
 
@@ -78,6 +79,7 @@ pub struct Builder {
     skew_margin: Duration,
     fail_mode: FailMode,
     watch: bool,
+    tls: Option<ClientTls>,
 }
 
 impl Default for Builder {
@@ -90,6 +92,7 @@ impl Default for Builder {
             skew_margin: Duration::from_secs(1),
             fail_mode: FailMode::Open,
             watch: true,
+            tls: None,
         }
     }
 }
@@ -144,6 +147,14 @@ impl Builder {
         self
     }
 
+    /// Talk to the nodes over TLS (they run with `--tls-cert`); see [`ClientTls`].
+    /// Default plaintext.
+    #[must_use]
+    pub fn tls(mut self, tls: ClientTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// Follow the store's `Watch` stream to keep the cache current. Default on.
     #[must_use]
     pub fn watch(mut self, on: bool) -> Self {
@@ -159,7 +170,7 @@ impl Builder {
                 "request_timeout must be more than 0".into(),
             ));
         }
-        let nodes = Nodes::new(&self.endpoints, self.connect_timeout)?;
+        let nodes = Nodes::new(&self.endpoints, self.connect_timeout, self.tls.as_ref())?;
         let inner = Arc::new(Inner {
             nodes,
             cache: LeaseCache::new(self.cache_capacity),

@@ -82,6 +82,7 @@ pub mod endpoint;
 pub mod error;
 pub mod fallback;
 pub mod gateway;
+pub mod tls;
 mod transport;
 mod watch;
 
@@ -92,3 +93,4 @@ pub use affinity_proto::{
 pub use client::{AffinityClient, Builder, Decision, FailMode, Source};
 pub use endpoint::Endpoint;
 pub use error::ClientError;
+pub use tls::ClientTls;

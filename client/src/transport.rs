@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use affinity_proto::pb::affinity_client::AffinityClient;
 use affinity_proto::{ValidationError, code_name};
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
+
+use crate::tls::ClientTls;
 use tonic::{Code, Status};
 
 use crate::error::ClientError;
@@ -39,15 +41,28 @@ pub(crate) struct Nodes {
 }
 
 impl Nodes {
-    pub fn new(addresses: &[String], connect_timeout: Duration) -> Result<Self, ClientError> {
+    pub fn new(
+        addresses: &[String],
+        connect_timeout: Duration,
+        tls: Option<&ClientTls>,
+    ) -> Result<Self, ClientError> {
         if addresses.is_empty() {
             return Err(ClientError::Config("no store endpoints given".into()));
         }
         let nodes = addresses
             .iter()
             .map(|address| {
-                let channel = TonicEndpoint::from_shared(format!("http://{address}"))
-                    .map_err(|e| ClientError::Config(format!("endpoint {address:?}: {e}")))?
+                let bad = |e: tonic::transport::Error| {
+                    ClientError::Config(format!("endpoint {address:?}: {e}"))
+                };
+                let endpoint = match tls {
+                    Some(tls) => TonicEndpoint::from_shared(format!("https://{address}"))
+                        .map_err(bad)?
+                        .tls_config(tls.for_address(address))
+                        .map_err(bad)?,
+                    None => TonicEndpoint::from_shared(format!("http://{address}")).map_err(bad)?,
+                };
+                let channel = endpoint
                     .connect_timeout(connect_timeout)
                     .tcp_nodelay(true)
                     .http2_keep_alive_interval(Duration::from_secs(10))

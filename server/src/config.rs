@@ -40,6 +40,8 @@ pub struct Config {
     pub storage: StoreOptions,
     /// Bounds on what clients can make this node hold or do at once.
     pub limits: Limits,
+    /// TLS on the gRPC port and to peers; plaintext when `None`.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// Bounds on what clients can make a node hold or do at once. Each refusal is a clear error
@@ -111,6 +113,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             storage: StoreOptions::default(),
             limits: Limits::default(),
+            tls: None,
         }
     }
 }

@@ -45,3 +45,4 @@ pub mod raft;
 pub mod server;
 pub mod sm;
 pub mod store;
+pub mod tls;

@@ -95,7 +95,13 @@ async fn serve(
         "affinityd starting"
     );
 
-    let peers = Peers::new(Duration::from_secs(2));
+    let tls = match &config.tls {
+        Some(files) => Some(
+            crate::tls::Server::new(files).map_err(|e| RunError::Serve(format!("invalid {e}")))?,
+        ),
+        None => None,
+    };
+    let peers = Peers::new(Duration::from_secs(2), config.tls.clone());
     let node = Node::start(&config, advertise, peers.clone()).await?;
     let stopping = CancellationToken::new();
     let metrics = Metrics::new(Arc::clone(&node));
@@ -136,14 +142,24 @@ async fn serve(
                 .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES),
         )
         .add_service(health_service)
-        .add_service(reflection)
-        .serve_with_incoming_shutdown(
-            // Small answers must not wait for delayed ACKs (Nagle): no-delay on every socket.
-            TcpIncoming::from(listeners.grpc)
-                .with_nodelay(Some(true))
-                .with_keepalive(Some(Duration::from_secs(60))),
-            server_stop.clone().cancelled_owned(),
-        );
+        .add_service(reflection);
+    let grpc: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
+        match tls {
+            Some(tls) => Box::pin(grpc.serve_with_incoming_shutdown(
+                tls.incoming(listeners.grpc, server_stop.clone()),
+                server_stop.clone().cancelled_owned(),
+            )),
+            None => Box::pin(
+                grpc.serve_with_incoming_shutdown(
+                    // Small answers must not wait for delayed ACKs (Nagle): no-delay on every
+                    // socket.
+                    TcpIncoming::from(listeners.grpc)
+                        .with_nodelay(Some(true))
+                        .with_keepalive(Some(Duration::from_secs(60))),
+                    server_stop.clone().cancelled_owned(),
+                ),
+            ),
+        };
     let mut grpc_task = tokio::spawn(grpc.in_current_span());
 
     let mut tasks = tokio::task::JoinSet::new();

@@ -20,6 +20,7 @@ use affinity_proto::GatewayDuration;
 use affinity_server::config::{Config, parse_join, parse_peers};
 use affinity_server::join::node_id_from_hostname;
 use affinity_server::server::{self, Listeners};
+use affinity_server::tls::TlsConfig;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -160,6 +161,23 @@ struct NodeArgs {
     /// Concurrent calls (HTTP/2 streams) per client connection. [default: 1024]
     #[arg(long, global = true, env = "AFFINITY_MAX_STREAMS_PER_CONNECTION")]
     max_streams_per_connection: Option<u32>,
+    /// Serve TLS with this certificate chain (PEM), reloaded when the file changes; also
+    /// this node's identity towards its peers. Needs --tls-key.
+    #[arg(long, global = true, env = "AFFINITY_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, global = true, env = "AFFINITY_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// CA (PEM) of gateways' and operators' client certificates: clients must present one.
+    #[arg(long, global = true, env = "AFFINITY_TLS_CLIENT_CA")]
+    tls_client_ca: Option<PathBuf>,
+    /// CA (PEM) of the nodes' certificates: peers must present one, and peers' server
+    /// certificates are checked with it. [default: --tls-client-ca]
+    #[arg(long, global = true, env = "AFFINITY_TLS_PEER_CA")]
+    tls_peer_ca: Option<PathBuf>,
+    /// How often the certificate and key files are checked for changes. [default: 10s]
+    #[arg(long, global = true, env = "AFFINITY_TLS_RELOAD_INTERVAL")]
+    tls_reload_interval: Option<GatewayDuration>,
 }
 
 #[derive(Clone, Copy, ValueEnum, Deserialize, PartialEq, Eq)]
@@ -197,6 +215,11 @@ struct FileArgs {
     max_pending_writes: Option<usize>,
     max_watchers: Option<usize>,
     max_streams_per_connection: Option<u32>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_client_ca: Option<PathBuf>,
+    tls_peer_ca: Option<PathBuf>,
+    tls_reload_interval: Option<GatewayDuration>,
 }
 
 /// Settings after layering, plus what only the binary uses.
@@ -318,6 +341,17 @@ fn layer(args: NodeArgs) -> Result<Settings, String> {
         .max_streams_per_connection
         .or(file.max_streams_per_connection)
         .unwrap_or(limits.max_streams_per_connection);
+    config.tls = tls_settings(
+        args.tls_cert.or(file.tls_cert),
+        args.tls_key.or(file.tls_key),
+        args.tls_client_ca.or(file.tls_client_ca),
+        args.tls_peer_ca.or(file.tls_peer_ca),
+        duration(
+            args.tls_reload_interval,
+            file.tls_reload_interval,
+            Duration::from_secs(10),
+        ),
+    )?;
     config.raft.logs_kept_after_snapshot = args
         .raft_logs_kept
         .or(file.raft_logs_kept)
@@ -374,6 +408,35 @@ fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
     installed.map_err(|e| format!("logging: {e}"))
 }
 
+fn tls_settings(
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    client_ca: Option<PathBuf>,
+    peer_ca: Option<PathBuf>,
+    reload_interval: Duration,
+) -> Result<Option<TlsConfig>, String> {
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            if reload_interval.is_zero() {
+                return Err("invalid tls-reload-interval: must be more than 0".into());
+            }
+            Ok(Some(TlsConfig {
+                cert,
+                key,
+                client_ca,
+                peer_ca,
+                reload_interval,
+            }))
+        }
+        (None, None) if client_ca.is_none() && peer_ca.is_none() => Ok(None),
+        (None, None) => Err(
+            "invalid tls-client-ca/tls-peer-ca: they need TLS on (--tls-cert and --tls-key)".into(),
+        ),
+        (Some(_), None) => Err("invalid tls-cert: needs --tls-key".into()),
+        (None, Some(_)) => Err("invalid tls-key: needs --tls-cert".into()),
+    }
+}
+
 async fn bind(what: &str, addr: &str) -> Result<TcpListener, String> {
     let parsed: SocketAddr = addr
         .parse()
@@ -404,10 +467,11 @@ async fn run_node(settings: Settings) -> Result<(), String> {
     let grpc = bind("listen", &settings.listen).await?;
     if let Ok(bound) = grpc.local_addr()
         && !bound.ip().is_loopback()
+        && settings.config.tls.is_none()
     {
         tracing::warn!(
             listen = %bound,
-            "serving plaintext gRPC beyond loopback: this node has no TLS or authentication, so anyone who can reach this address can read and change leases; restrict it with a NetworkPolicy or firewall (docs/security.md)"
+            "serving plaintext gRPC beyond loopback: without --tls-cert anyone who can reach this address can read and change leases; turn TLS on (and --tls-client-ca for mTLS) or restrict it with a NetworkPolicy (docs/security.md)"
         );
     }
     let metrics = match &settings.metrics_listen {
@@ -453,6 +517,13 @@ fn check(settings: &Settings) -> Result<serde_json::Value, String> {
         "max_pending_writes": config.limits.max_pending_writes,
         "max_watchers": config.limits.max_watchers,
         "max_streams_per_connection": config.limits.max_streams_per_connection,
+        "tls": config.tls.as_ref().map(|t| serde_json::json!({
+            "cert": t.cert,
+            "key": t.key,
+            "client_ca": t.client_ca,
+            "peer_ca": t.peer_ca,
+            "reload_interval_ms": t.reload_interval.as_millis(),
+        })),
     }))
 }
 

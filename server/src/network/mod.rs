@@ -18,33 +18,53 @@ use tonic::transport::{Channel, Endpoint};
 pub use connection::PeerConnection;
 
 use crate::raft::{Node, NodeId, TypeConfig};
+use crate::tls::{TlsConfig, TlsError};
 
 /// Largest message a peer may send or receive (log batches, snapshot chunks).
 pub const PEER_MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Why a channel to a peer cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    /// The address does not make an endpoint.
+    #[error("{0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// The TLS files for peer connections cannot be used.
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+}
 
 /// Channels to peers, by address. Cheap to clone.
 #[derive(Clone)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
     connect_timeout: Duration,
+    tls: Option<TlsConfig>,
 }
 
 impl Peers {
-    /// A pool whose connections give up after `connect_timeout`.
-    pub fn new(connect_timeout: Duration) -> Self {
+    /// A pool whose connections give up after `connect_timeout`; with `tls`, over TLS (see
+    /// [`crate::tls`]).
+    pub fn new(connect_timeout: Duration, tls: Option<TlsConfig>) -> Self {
         Self {
             channels: Arc::new(Mutex::new(HashMap::new())),
             connect_timeout,
+            tls,
         }
     }
 
     /// The channel to `address` (HOST:PORT), created on first use; it connects lazily and
     /// reconnects by itself after failures.
-    pub fn channel(&self, address: &str) -> Result<Channel, tonic::transport::Error> {
+    pub fn channel(&self, address: &str) -> Result<Channel, ChannelError> {
         if let Some(channel) = self.channels.lock().get(address) {
             return Ok(channel.clone());
         }
-        let channel = Endpoint::from_shared(format!("http://{address}"))?
+        let endpoint = match &self.tls {
+            Some(tls) => Endpoint::from_shared(format!("https://{address}"))?
+                .tls_config(crate::tls::peer_client_config(tls, address)?)?,
+            None => Endpoint::from_shared(format!("http://{address}"))?,
+        };
+        let channel = endpoint
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(10))

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use affinity_client::{AffinityClient, FailMode};
+use affinity_client::{AffinityClient, ClientTls, FailMode};
 use affinity_gateway::backends::{Membership, health_checker};
 use affinity_gateway::proxy::{Gateway, Settings};
 use affinity_gateway::{admin, reload};
@@ -68,6 +68,16 @@ struct Cli {
         default_value = "open"
     )]
     fail_mode: Mode,
+    /// Talk TLS to the store, trusting node certificates this CA (PEM) signs.
+    #[arg(long, env = "AFFINITY_GATEWAY_STORE_TLS_CA")]
+    store_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for stores that require one (mTLS); needs
+    /// --store-tls-key.
+    #[arg(long, env = "AFFINITY_GATEWAY_STORE_TLS_CERT")]
+    store_tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "AFFINITY_GATEWAY_STORE_TLS_KEY")]
+    store_tls_key: Option<PathBuf>,
     /// Leases this replica caches.
     #[arg(
         long,
@@ -188,9 +198,27 @@ fn run(cli: &Cli) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the client runtime: {e}"))?;
+    let tls = match &cli.store_tls_ca {
+        Some(ca) => Some(
+            ClientTls::from_files(
+                ca,
+                cli.store_tls_cert.as_deref(),
+                cli.store_tls_key.as_deref(),
+            )
+            .map_err(|e| format!("--store-tls-*: {e}"))?,
+        ),
+        None if cli.store_tls_cert.is_some() || cli.store_tls_key.is_some() => {
+            return Err("--store-tls-cert and --store-tls-key need --store-tls-ca".into());
+        }
+        None => None,
+    };
     let client = {
         let _inside = runtime.enter();
-        AffinityClient::builder()
+        let mut builder = AffinityClient::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls(tls);
+        }
+        builder
             .endpoints(cli.store.iter().cloned())
             .request_timeout(cli.store_timeout.as_std())
             .cache_capacity(cli.cache_capacity)

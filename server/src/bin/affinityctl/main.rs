@@ -4,6 +4,7 @@
 //! line per event for `watch`). On failure it prints one line and exits non-zero.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use serde_json::{Value, json};
 
 mod backup;
 mod output;
+use affinity_client::ClientTls;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Status};
 
@@ -37,8 +39,36 @@ struct Cli {
     /// Deadline of each request (a duration like 5s).
     #[arg(long, default_value = "5s", global = true)]
     deadline: GatewayDuration,
+    /// Talk TLS, trusting node certificates this CA (PEM) signs.
+    #[arg(long, env = "AFFINITY_TLS_CA", global = true)]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for nodes that require one (mTLS); needs --tls-key.
+    #[arg(long, env = "AFFINITY_TLS_CERT", global = true)]
+    tls_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "AFFINITY_TLS_KEY", global = true)]
+    tls_key: Option<PathBuf>,
+    /// Name to check the nodes' certificates for. [default: the host of each endpoint]
+    #[arg(long, env = "AFFINITY_TLS_SERVER_NAME", global = true)]
+    tls_server_name: Option<String>,
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// TLS as given on the command line, read once.
+fn tls_from_cli(cli: &Cli) -> Result<Option<ClientTls>, String> {
+    let Some(ca) = &cli.tls_ca else {
+        if cli.tls_cert.is_some() || cli.tls_key.is_some() {
+            return Err("--tls-cert and --tls-key need --tls-ca".into());
+        }
+        return Ok(None);
+    };
+    let tls = ClientTls::from_files(ca, cli.tls_cert.as_deref(), cli.tls_key.as_deref())
+        .map_err(|e| format!("--tls-*: {e}"))?;
+    Ok(Some(match &cli.tls_server_name {
+        Some(name) => tls.server_name(name.clone()),
+        None => tls,
+    }))
 }
 
 #[derive(Args, Clone)]
@@ -150,14 +180,14 @@ enum Cmd {
     Snapshot {
         /// Write the backup here (`-` for standard output).
         #[arg(long)]
-        out: Option<std::path::PathBuf>,
+        out: Option<PathBuf>,
     },
     /// Put the leases of a backup (from `snapshot --out` or `affinityd export`) into the
     /// cluster. Live leases whose keys hold no live lease are created with their own times;
     /// ended leases and keys already held are skipped, so running it twice is harmless.
     Restore {
         /// The backup file (`-` for standard input).
-        file: std::path::PathBuf,
+        file: PathBuf,
         /// Leases per Raft write.
         #[arg(long, default_value_t = 1000)]
         batch: usize,
@@ -185,12 +215,20 @@ type Output = Result<Value, Status>;
 struct Ctl {
     endpoints: Vec<String>,
     deadline: Duration,
+    tls: Option<ClientTls>,
 }
 
 impl Ctl {
     async fn channel(&self, endpoint: &str) -> Result<Channel, Status> {
-        Endpoint::from_shared(format!("http://{endpoint}"))
-            .map_err(|e| Status::invalid_argument(format!("endpoint {endpoint:?}: {e}")))?
+        let bad = |e: tonic::transport::Error| {
+            Status::invalid_argument(format!("endpoint {endpoint:?}: {e}"))
+        };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut target = Endpoint::from_shared(format!("{scheme}://{endpoint}")).map_err(bad)?;
+        if let Some(tls) = &self.tls {
+            target = target.tls_config(tls.for_address(endpoint)).map_err(bad)?;
+        }
+        target
             .connect_timeout(Duration::from_secs(2))
             .connect()
             .await
@@ -457,6 +495,7 @@ async fn status(ctl: &Ctl) -> Output {
         let one = Ctl {
             endpoints: vec![address.clone()],
             deadline: ctl.deadline,
+            tls: ctl.tls.clone(),
         };
         let answer = one
             .cluster(|mut c| {
@@ -603,7 +642,15 @@ async fn watch(
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let tls = match tls_from_cli(&cli) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("affinityctl: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let ctl = Ctl {
+        tls,
         endpoints: cli
             .endpoints
             .iter()

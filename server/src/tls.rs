@@ -1,0 +1,312 @@
+//! TLS on the gRPC port, and on the connections this node opens to its peers.
+//!
+//! Serving: the node's certificate and key are read from PEM files and read again whenever
+//! their content changes (cert-manager rotates them in place), checked every
+//! `reload_interval`; a pair that does not load is logged and the pair in force stays. When
+//! a client CA or a peer CA is given, every connection must present a certificate signed by
+//! one of them (mutual TLS); the CA files are read at start. Handshakes run concurrently,
+//! each bounded by [`HANDSHAKE_TIMEOUT`], so a client that stalls holds nothing else up.
+//!
+//! Dialing peers: with TLS on, peer channels use `https`, verify the peer's certificate
+//! against the peer CA (or the client CA when no peer CA is given) for the host of its
+//! address, and present this node's certificate, as read when the connection is made.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use tokio_rustls::rustls::sign::CertifiedKey;
+use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+/// How long a TLS handshake may take before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// TLS settings of a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// This node's certificate chain (PEM), served to clients and presented to peers.
+    pub cert: PathBuf,
+    /// Its private key (PEM).
+    pub key: PathBuf,
+    /// CA (PEM) that signs gateways' and operators' client certificates: when given,
+    /// clients must present one (mTLS).
+    pub client_ca: Option<PathBuf>,
+    /// CA (PEM) that signs the nodes' certificates: peers must present one, and this node
+    /// verifies its peers' server certificates with it. Defaults to the client CA.
+    pub peer_ca: Option<PathBuf>,
+    /// How often the certificate and key files are checked for changes.
+    pub reload_interval: Duration,
+}
+
+/// A TLS file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting} {}: {reason}", path.display())]
+pub struct TlsError {
+    /// The setting (flag name).
+    pub setting: &'static str,
+    /// The file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub reason: String,
+}
+
+fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError {
+        setting,
+        path: path.to_path_buf(),
+        reason: format!("cannot read it: {e}"),
+    })
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The certificate chain and key from PEM files, ready to serve.
+pub fn load_pair(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let cert_pem = read("tls-cert", cert)?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError {
+            setting: "tls-cert",
+            path: cert.to_path_buf(),
+            reason: format!("not a PEM certificate chain: {e}"),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError {
+            setting: "tls-cert",
+            path: cert.to_path_buf(),
+            reason: "holds no certificate".into(),
+        });
+    }
+    let key_pem = read("tls-key", key)?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError {
+        setting: "tls-key",
+        path: key.to_path_buf(),
+        reason: format!("not a PEM private key: {e}"),
+    })?;
+    let signing = provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| TlsError {
+            setting: "tls-key",
+            path: key.to_path_buf(),
+            reason: format!("unusable key: {e}"),
+        })?;
+    let pair = CertifiedKey::new(chain, signing);
+    pair.keys_match().map_err(|e| TlsError {
+        setting: "tls-key",
+        path: key.to_path_buf(),
+        reason: format!("does not match the certificate in --tls-cert: {e}"),
+    })?;
+    Ok(pair)
+}
+
+fn roots(setting: &'static str, path: &Path, into: &mut RootCertStore) -> Result<(), TlsError> {
+    let pem = read(setting, path)?;
+    let mut added = 0;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|e| TlsError {
+            setting,
+            path: path.to_path_buf(),
+            reason: format!("not a PEM certificate: {e}"),
+        })?;
+        into.add(cert).map_err(|e| TlsError {
+            setting,
+            path: path.to_path_buf(),
+            reason: format!("not a usable CA certificate: {e}"),
+        })?;
+        added += 1;
+    }
+    if added == 0 {
+        return Err(TlsError {
+            setting,
+            path: path.to_path_buf(),
+            reason: "holds no certificate".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The certificate in force, replaced when its files change.
+#[derive(Debug)]
+pub struct Reloading {
+    current: ArcSwap<CertifiedKey>,
+}
+
+impl ResolvesServerCert for Reloading {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// What serves TLS: the acceptor and its reloading certificate.
+pub struct Server {
+    acceptor: TlsAcceptor,
+    certificate: Arc<Reloading>,
+    config: TlsConfig,
+}
+
+impl Server {
+    /// Load the files of `config`. Errors name the setting and the file.
+    pub fn new(config: &TlsConfig) -> Result<Server, TlsError> {
+        let certificate = Arc::new(Reloading {
+            current: ArcSwap::from_pointee(load_pair(&config.cert, &config.key)?),
+        });
+        let mut client_roots = RootCertStore::empty();
+        if let Some(ca) = &config.client_ca {
+            roots("tls-client-ca", ca, &mut client_roots)?;
+        }
+        if let Some(ca) = &config.peer_ca {
+            roots("tls-peer-ca", ca, &mut client_roots)?;
+        }
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError {
+                setting: "tls-cert",
+                path: config.cert.clone(),
+                reason: e.to_string(),
+            })?;
+        let builder = if client_roots.is_empty() {
+            builder.with_no_client_auth()
+        } else {
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider())
+                    .build()
+                    .map_err(|e| TlsError {
+                        setting: "tls-client-ca",
+                        path: config.client_ca.clone().unwrap_or_default(),
+                        reason: e.to_string(),
+                    })?;
+            builder.with_client_cert_verifier(verifier)
+        };
+        let mut server = builder.with_cert_resolver(certificate.clone());
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Server {
+            acceptor: TlsAcceptor::from(Arc::new(server)),
+            certificate,
+            config: config.clone(),
+        })
+    }
+
+    /// Accept connections on `listener` until `stop`, and yield each once its handshake
+    /// completes. Also keeps the certificate current.
+    pub fn incoming(
+        self,
+        listener: TcpListener,
+        stop: CancellationToken,
+    ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+        let (ready, stream) = mpsc::channel(64);
+        tokio::spawn(reload(
+            self.certificate.clone(),
+            self.config.clone(),
+            stop.clone(),
+        ));
+        let acceptor = self.acceptor;
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = stop.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let (tcp, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = acceptor.clone();
+                let ready = ready.clone();
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = ready.send(Ok(tls)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        ReceiverStream::new(stream)
+    }
+}
+
+async fn reload(certificate: Arc<Reloading>, config: TlsConfig, stop: CancellationToken) {
+    let contents = |config: &TlsConfig| (std::fs::read(&config.cert), std::fs::read(&config.key));
+    let (mut cert, mut key) = match contents(&config) {
+        (Ok(c), Ok(k)) => (c, k),
+        _ => (Vec::new(), Vec::new()),
+    };
+    let mut tick = tokio::time::interval(config.reload_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let (Ok(new_cert), Ok(new_key)) = contents(&config) else {
+            continue;
+        };
+        if new_cert == cert && new_key == key {
+            continue;
+        }
+        match load_pair(&config.cert, &config.key) {
+            Ok(pair) => {
+                certificate.current.store(Arc::new(pair));
+                tracing::info!(cert = %config.cert.display(), "TLS certificate reloaded");
+                cert = new_cert;
+                key = new_key;
+            }
+            Err(e) => {
+                // A rotation writes the two files one after the other: try again next tick.
+                tracing::warn!(error = %e, "TLS certificate not reloaded; keeping the one in force");
+            }
+        }
+    }
+}
+
+/// The client side of peer connections: `https` with the peer CA and this node's
+/// certificate as its identity, for the host of `address` (HOST:PORT).
+pub fn peer_client_config(
+    config: &TlsConfig,
+    address: &str,
+) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
+    let ca_path = config
+        .peer_ca
+        .as_ref()
+        .or(config.client_ca.as_ref())
+        .ok_or_else(|| TlsError {
+            setting: "tls-peer-ca",
+            path: PathBuf::new(),
+            reason: "is needed to verify peers when TLS is on (or give --tls-client-ca)".into(),
+        })?;
+    let ca = read("tls-peer-ca", ca_path)?;
+    let cert = read("tls-cert", &config.cert)?;
+    let key = read("tls-key", &config.key)?;
+    let host = address
+        .rsplit_once(':')
+        .map_or(address, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    Ok(tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .identity(tonic::transport::Identity::from_pem(cert, key))
+        .domain_name(host))
+}
