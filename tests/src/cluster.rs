@@ -43,6 +43,20 @@ pub struct ClusterOptions {
     /// Folder to hold the nodes' data folders (for example a small mount); by default the
     /// cluster's own temporary folder.
     pub data_parent: Option<PathBuf>,
+    /// How the harness's own channels reach nodes that serve TLS: the CA (PEM) and a client
+    /// certificate and key (PEM). Plaintext when `None`.
+    pub client_tls: Option<ClientTlsFiles>,
+}
+
+/// PEM contents for TLS channels to the nodes.
+#[derive(Debug, Clone)]
+pub struct ClientTlsFiles {
+    /// CA of the nodes' certificates.
+    pub ca: Vec<u8>,
+    /// Client certificate chain.
+    pub cert: Vec<u8>,
+    /// Its key.
+    pub key: Vec<u8>,
 }
 
 impl Default for ClusterOptions {
@@ -57,6 +71,7 @@ impl Default for ClusterOptions {
             extra_args: Vec::new(),
             extra_env: Vec::new(),
             data_parent: None,
+            client_tls: None,
         }
     }
 }
@@ -321,8 +336,19 @@ impl Cluster {
 
     /// A lazily connecting channel to node `id`.
     pub fn channel(&self, id: u64) -> Channel {
-        Endpoint::from_shared(format!("http://{}", self.addr(id)))
-            .expect("valid uri")
+        let endpoint = match &self.options.client_tls {
+            Some(tls) => Endpoint::from_shared(format!("https://{}", self.addr(id)))
+                .expect("valid uri")
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca))
+                        .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key))
+                        .domain_name("127.0.0.1"),
+                )
+                .expect("TLS settings"),
+            None => Endpoint::from_shared(format!("http://{}", self.addr(id))).expect("valid uri"),
+        };
+        endpoint
             .connect_timeout(Duration::from_secs(2))
             .connect_lazy()
     }

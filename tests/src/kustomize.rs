@@ -4,7 +4,10 @@
 //! It supports exactly what `deploy/kubernetes` uses, and refuses anything else by name
 //! (so a manifest that starts using another feature fails here instead of being rendered
 //! wrongly): `resources` (files, possibly multi-document, and folders holding a
-//! `kustomization.yaml`), `namespace`, `images` (`newName`, `newTag`) and `replicas`.
+//! `kustomization.yaml`), `namespace`, `images` (`newName`, `newTag`), `replicas`, and
+//! `patches` given as a `path` to a strategic-merge patch (matched by kind and name; maps
+//! merge, `null` deletes a field, lists of objects merge by their `name`, other lists are
+//! replaced).
 
 use std::path::Path;
 
@@ -27,6 +30,7 @@ pub fn render(dir: &Path) -> Result<Vec<Value>, String> {
             "namespace",
             "images",
             "replicas",
+            "patches",
         ]
         .contains(&key.as_str())
         {
@@ -83,7 +87,52 @@ pub fn render(dir: &Path) -> Result<Vec<Value>, String> {
             ));
         }
     }
+    for patch in list(&spec, "patches") {
+        let file = text_field(patch, "path", &path)?;
+        for change in documents(&dir.join(file))? {
+            let target = objects.iter_mut().find(|o| {
+                o["kind"] == change["kind"] && o["metadata"]["name"] == change["metadata"]["name"]
+            });
+            let Some(target) = target else {
+                return Err(format!(
+                    "{}: patch {file} names no object {} {}",
+                    path.display(),
+                    change["kind"],
+                    change["metadata"]["name"]
+                ));
+            };
+            merge(target, &change);
+        }
+    }
     Ok(objects)
+}
+
+/// Apply a strategic-merge patch (the subset described in the module docs).
+fn merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(base), Value::Object(patch)) => {
+            for (key, value) in patch {
+                if value.is_null() {
+                    base.remove(key);
+                } else if let Some(existing) = base.get_mut(key) {
+                    merge(existing, value);
+                } else {
+                    base.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        (Value::Array(base), Value::Array(patch))
+            if patch.iter().all(|item| item.get("name").is_some()) =>
+        {
+            for item in patch {
+                match base.iter_mut().find(|b| b.get("name") == item.get("name")) {
+                    Some(existing) => merge(existing, item),
+                    None => base.push(item.clone()),
+                }
+            }
+        }
+        (base, patch) => *base = patch.clone(),
+    }
 }
 
 /// The YAML documents of one file.
@@ -199,16 +248,41 @@ mod tests {
 
         std::fs::write(
             overlay.join("kustomization.yaml"),
-            "resources: [../base]\npatches: []\n",
+            "resources: [../base]\nconfigMapGenerator: []\n",
         )
         .unwrap();
         let err = render(&overlay).unwrap_err();
-        assert!(err.contains("\"patches\" is not supported"), "{err}");
+        assert!(
+            err.contains("\"configMapGenerator\" is not supported"),
+            "{err}"
+        );
         std::fs::write(
             overlay.join("kustomization.yaml"),
             "resources: [../base]\nreplicas:\n  - {name: other, count: 5}\n",
         )
         .unwrap();
         assert!(render(&overlay).unwrap_err().contains("no workload"));
+    }
+
+    #[test]
+    fn patches_merge_maps_and_named_lists_and_delete_nulls() {
+        let mut base = serde_json::json!({
+            "spec": {"containers": [{"name": "a", "image": "x", "probe": {"grpc": {"port": 1}}}],
+                     "args": ["--one"]}
+        });
+        let patch = serde_json::json!({
+            "spec": {"containers": [{"name": "a", "probe": {"grpc": null, "http": {"port": 2}}},
+                                    {"name": "b", "image": "y"}],
+                     "args": ["--two"]}
+        });
+        merge(&mut base, &patch);
+        assert_eq!(
+            base,
+            serde_json::json!({
+                "spec": {"containers": [{"name": "a", "image": "x", "probe": {"http": {"port": 2}}},
+                                        {"name": "b", "image": "y"}],
+                         "args": ["--two"]}
+            })
+        );
     }
 }

@@ -28,4 +28,4 @@ pub mod requests;
 pub mod wait;
 pub mod workload;
 
-pub use cluster::{Cluster, ClusterOptions};
+pub use cluster::{ClientTlsFiles, Cluster, ClusterOptions};

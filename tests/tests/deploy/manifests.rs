@@ -32,7 +32,7 @@ fn every_kustomization_validates_against_the_kubernetes_schemas() {
         return;
     };
     let out = out_dir(test);
-    for dir in ["base", "overlays/five-replicas"] {
+    for dir in ["base", "overlays/five-replicas", "overlays/tls"] {
         let objects = render(dir);
         assert!(
             objects.len() >= 6,
@@ -334,4 +334,63 @@ fn the_compose_file_is_valid() {
         assert!(command.contains(&format!("--advertise=affinity-{i}:7400").as_str()));
         assert!(node["volumes"][0]["target"] == "/var/lib/affinity");
     }
+}
+
+#[test]
+fn the_tls_overlay_turns_on_mutual_tls_and_probes_over_http() {
+    let objects = render("overlays/tls");
+    let container = store_container(&objects);
+    let env: Vec<(String, String)> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            Some((
+                e["name"].as_str()?.to_string(),
+                e["value"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    for (name, value) in [
+        ("AFFINITY_TLS_CERT", "/etc/affinity/tls/tls.crt"),
+        ("AFFINITY_TLS_KEY", "/etc/affinity/tls/tls.key"),
+        ("AFFINITY_TLS_PEER_CA", "/etc/affinity/tls/ca.crt"),
+        ("AFFINITY_TLS_CLIENT_CA", "/etc/affinity/client-ca/ca.crt"),
+    ] {
+        assert!(
+            env.contains(&(name.to_string(), value.to_string())),
+            "{name}={value} missing from {env:?}"
+        );
+    }
+    // The base's own variables stay.
+    assert!(
+        container["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "POD_NAME")
+    );
+    for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
+        assert!(
+            container[probe].get("grpc").is_none(),
+            "{probe} still uses gRPC"
+        );
+        assert_eq!(container[probe]["httpGet"]["port"], "metrics", "{probe}");
+    }
+    let sts = object(&objects, "StatefulSet", "affinity");
+    let volumes = sts["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    for (volume, secret) in [("tls", "affinity-tls"), ("client-ca", "affinity-client-ca")] {
+        assert!(
+            volumes
+                .iter()
+                .any(|v| v["name"] == volume && v["secret"]["secretName"] == secret),
+            "volume {volume} from Secret {secret}"
+        );
+    }
+    assert!(
+        volumes.iter().any(|v| v["name"] == "config"),
+        "the base's volume stays"
+    );
 }

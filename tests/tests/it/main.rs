@@ -16,6 +16,8 @@
 //!   refused clearly, counted, and with nothing written.
 //! - `robustness`: garbage and abusive HTTP/2 while a client is served with bounded
 //!   memory; a damaged snapshot stops the node at start, naming the file.
+//! - `tls`: mutual TLS on clients and peers, refusals, the client crate and affinityctl
+//!   over TLS, a certificate rotated in place.
 //! - `service`: health, reflection, leader hints, deadlines without a quorum, slow watchers,
 //!   oversized messages.
 
@@ -34,3 +36,4 @@ mod ctl;
 mod limits;
 mod robustness;
 mod service;
+mod tls;

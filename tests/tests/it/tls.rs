@@ -1,0 +1,264 @@
+//! TLS and mutual TLS on real processes: a 3-node cluster whose client port and peer
+//! traffic use certificates made for the test (rcgen), clients with and without the right
+//! certificates, the client crate and `affinityctl` over TLS, and a certificate rotated in
+//! place while the nodes run.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use affinity_client::{AffinityClient, ClientTls};
+use affinity_proto::Policy;
+use affinity_tests::requests::resolve;
+use affinity_tests::{ClientTlsFiles, Cluster, ClusterOptions, bins, wait};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+/// A CA that signs certificates for the test.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf certificate for `names` (DNS names or IP addresses): (cert PEM, key PEM).
+    fn issue(&self, common_name: &str, names: &[&str]) -> (String, String) {
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| (*n).to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// A channel to `addr` with these TLS settings (None: plaintext).
+fn channel(addr: std::net::SocketAddr, tls: Option<ClientTlsConfig>) -> tonic::transport::Channel {
+    let endpoint = match tls {
+        Some(tls) => Endpoint::from_shared(format!("https://{addr}"))
+            .unwrap()
+            .tls_config(tls)
+            .unwrap(),
+        None => Endpoint::from_shared(format!("http://{addr}")).unwrap(),
+    };
+    endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .connect_lazy()
+}
+
+/// The certificate (DER) `addr` serves now.
+async fn served_serial(addr: std::net::SocketAddr, ca_pem: &str) -> Vec<u8> {
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    // The node asks for a client certificate; the handshake's first flight still carries
+    // the server's certificate, which is all this reads.
+    let tls = connector.connect(name, tcp).await;
+    let Ok(tls) = tls else {
+        return Vec::new();
+    };
+    let (_, session) = tls.get_ref();
+    session.peer_certificates().unwrap()[0].to_vec()
+}
+
+use rustls_pki_types::pem::PemObject as _;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_on_clients_and_peers_with_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let node_ca = Ca::new("affinity nodes");
+    let client_ca = Ca::new("affinity gateways");
+    let (node_cert, node_key) = node_ca.issue("affinity-node", &["127.0.0.1", "localhost"]);
+    let (gw_cert, gw_key) = client_ca.issue("gateway", &["gateway.test"]);
+    let node_ca_path = write(dir.path(), "node-ca.pem", &node_ca.pem);
+    let client_ca_path = write(dir.path(), "client-ca.pem", &client_ca.pem);
+    let cert_path = write(dir.path(), "node.pem", &node_cert);
+    let key_path = write(dir.path(), "node-key.pem", &node_key);
+
+    let options = ClusterOptions {
+        extra_args: vec![
+            "--tls-cert".into(),
+            arg(&cert_path),
+            "--tls-key".into(),
+            arg(&key_path),
+            "--tls-client-ca".into(),
+            arg(&client_ca_path),
+            "--tls-peer-ca".into(),
+            arg(&node_ca_path),
+            "--tls-reload-interval".into(),
+            "200ms".into(),
+        ],
+        client_tls: Some(ClientTlsFiles {
+            ca: node_ca.pem.clone().into_bytes(),
+            cert: gw_cert.clone().into_bytes(),
+            key: gw_key.clone().into_bytes(),
+        }),
+        ..ClusterOptions::default()
+    };
+    // Starting waits for a leader, which needs Raft over mutual TLS between the nodes.
+    let cluster = Cluster::start("tls", options).await;
+
+    // A gateway with its certificate: writes through every node (followers forward to the
+    // leader over the peers' TLS).
+    for id in 1..=3 {
+        let mut client = cluster.client(id);
+        let answer = client
+            .resolve(resolve(
+                "ns/tls/0",
+                &format!("10.0.{id}.1"),
+                "10.9.0.1:80",
+                MINUTE,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(answer.created, "node {id}");
+    }
+
+    let addr = cluster.addr(1);
+    let gw_identity = Identity::from_pem(&gw_cert, &gw_key);
+    let trust_nodes = || {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&node_ca.pem))
+            .domain_name("127.0.0.1")
+    };
+    let refused = |tls: Option<ClientTlsConfig>, what: &'static str| {
+        let channel = channel(addr, tls);
+        async move {
+            let mut client = affinity_proto::pb::affinity_client::AffinityClient::new(channel);
+            let answer = client
+                .resolve(resolve("ns/tls/0", "10.7.7.1", "10.9.0.1:80", MINUTE))
+                .await;
+            assert!(answer.is_err(), "{what} was served");
+        }
+    };
+    refused(None, "a plaintext client").await;
+    refused(Some(trust_nodes()), "a client without a certificate").await;
+    let stranger = Ca::new("someone else");
+    let (s_cert, s_key) = stranger.issue("intruder", &["intruder.test"]);
+    refused(
+        Some(trust_nodes().identity(Identity::from_pem(&s_cert, &s_key))),
+        "a client certificate from an unknown CA",
+    )
+    .await;
+    let mut ok = affinity_proto::pb::affinity_client::AffinityClient::new(channel(
+        addr,
+        Some(trust_nodes().identity(gw_identity)),
+    ));
+    ok.resolve(resolve("ns/tls/0", "10.7.7.1", "10.9.0.1:80", MINUTE))
+        .await
+        .unwrap();
+
+    // The client crate over mutual TLS.
+    let client = AffinityClient::builder()
+        .endpoints(cluster.endpoints().split(','))
+        .tls(ClientTls::new(node_ca.pem.clone()).identity(gw_cert.clone(), gw_key.clone()))
+        .build()
+        .unwrap();
+    let policy = Policy::new(MINUTE).unwrap();
+    let decision = client
+        .resolve(
+            "ns/tls/1",
+            "10.8.0.1".parse().unwrap(),
+            &policy,
+            "10.9.0.2:80",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(
+            decision.source,
+            affinity_client::Source::Store { created: true, .. }
+        ),
+        "{decision:?}"
+    );
+
+    // affinityctl over mutual TLS.
+    let gw_cert_path = write(dir.path(), "gw.pem", &gw_cert);
+    let gw_key_path = write(dir.path(), "gw-key.pem", &gw_key);
+    let out = std::process::Command::new(bins::affinityctl())
+        .args(["--endpoints", &cluster.endpoints(), "--json"])
+        .args(["--tls-ca", &arg(&node_ca_path)])
+        .args(["--tls-cert", &arg(&gw_cert_path)])
+        .args(["--tls-key", &arg(&gw_key_path)])
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "affinityctl status over TLS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Rotate the node certificate in place: new connections get the new one.
+    let before = served_serial(addr, &node_ca.pem).await;
+    assert!(!before.is_empty());
+    let (new_cert, new_key) = node_ca.issue("affinity-node", &["127.0.0.1", "localhost"]);
+    std::fs::write(&key_path, &new_key).unwrap();
+    std::fs::write(&cert_path, &new_cert).unwrap();
+    let expected = rustls_pki_types::CertificateDer::from_pem_slice(new_cert.as_bytes())
+        .unwrap()
+        .to_vec();
+    wait::until(
+        "node 1 serves the rotated certificate",
+        Duration::from_secs(10),
+        || {
+            let expected = expected.clone();
+            let ca = node_ca.pem.clone();
+            async move {
+                let now = served_serial(addr, &ca).await;
+                if now == expected {
+                    Ok(())
+                } else {
+                    Err(now.len())
+                }
+            }
+        },
+    )
+    .await;
+    // Still serving the gateway after the rotation.
+    let mut client = cluster.client(1);
+    client
+        .resolve(resolve("ns/tls/0", "10.0.9.1", "10.9.0.1:80", MINUTE))
+        .await
+        .unwrap();
+}
