@@ -42,6 +42,8 @@ pub struct Config {
     pub limits: Limits,
     /// TLS on the gRPC port and to peers; plaintext when `None`.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Roles of callers (see [`crate::authz`]); every call allowed when `None`.
+    pub authz: Option<PathBuf>,
 }
 
 /// Bounds on what clients can make a node hold or do at once. Each refusal is a clear error
@@ -114,6 +116,7 @@ impl Default for Config {
             storage: StoreOptions::default(),
             limits: Limits::default(),
             tls: None,
+            authz: None,
         }
     }
 }
@@ -256,6 +259,12 @@ impl Config {
                 }
                 Some(_) => {}
             }
+        }
+        if self.authz.is_some() && self.tls.is_none() {
+            return Err(ConfigError::new(
+                "authz",
+                "needs TLS (--tls-cert and --tls-key): roles come from client certificates, and tokens must not cross the network in plaintext",
+            ));
         }
         for (setting, value) in [
             ("max-leases", self.limits.max_leases),

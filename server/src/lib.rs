@@ -32,6 +32,7 @@
 //!   even before a sweep removes it.
 //! - Nothing acknowledged is lost: a log append is acknowledged only after `fdatasync`.
 
+pub mod authz;
 pub mod batch;
 pub mod clock;
 pub mod config;

@@ -95,6 +95,12 @@ async fn serve(
         "affinityd starting"
     );
 
+    let authz = match &config.authz {
+        Some(path) => Some(Arc::new(
+            crate::authz::Authz::load(path).map_err(|e| RunError::Serve(format!("invalid {e}")))?,
+        )),
+        None => None,
+    };
     let tls = match &config.tls {
         Some(files) => Some(
             crate::tls::Server::new(files).map_err(|e| RunError::Serve(format!("invalid {e}")))?,
@@ -126,6 +132,7 @@ async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(config.limits.max_streams_per_connection)
+        .layer(crate::authz::AuthzLayer::new(authz))
         .add_service(
             pb::affinity_server::AffinityServer::new(AffinityService::new(Arc::clone(&ctx)))
                 .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)

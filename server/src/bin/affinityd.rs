@@ -178,6 +178,10 @@ struct NodeArgs {
     /// How often the certificate and key files are checked for changes. [default: 10s]
     #[arg(long, global = true, env = "AFFINITY_TLS_RELOAD_INTERVAL")]
     tls_reload_interval: Option<GatewayDuration>,
+    /// Roles of callers: client certificate names and bearer tokens (TOML; see
+    /// docs/security.md). Needs TLS. [default: every call allowed]
+    #[arg(long, global = true, env = "AFFINITY_AUTHZ")]
+    authz: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum, Deserialize, PartialEq, Eq)]
@@ -220,6 +224,7 @@ struct FileArgs {
     tls_client_ca: Option<PathBuf>,
     tls_peer_ca: Option<PathBuf>,
     tls_reload_interval: Option<GatewayDuration>,
+    authz: Option<PathBuf>,
 }
 
 /// Settings after layering, plus what only the binary uses.
@@ -341,6 +346,7 @@ fn layer(args: NodeArgs) -> Result<Settings, String> {
         .max_streams_per_connection
         .or(file.max_streams_per_connection)
         .unwrap_or(limits.max_streams_per_connection);
+    config.authz = args.authz.or(file.authz);
     config.tls = tls_settings(
         args.tls_cert.or(file.tls_cert),
         args.tls_key.or(file.tls_key),
@@ -524,6 +530,7 @@ fn check(settings: &Settings) -> Result<serde_json::Value, String> {
             "peer_ca": t.peer_ca,
             "reload_interval_ms": t.reload_interval.as_millis(),
         })),
+        "authz": config.authz,
     }))
 }
 

@@ -262,3 +262,148 @@ async fn mutual_tls_on_clients_and_peers_with_rotation() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_from_certificates_and_tokens() {
+    use affinity_proto::pb;
+    use tonic::Code;
+
+    let dir = tempfile::tempdir().unwrap();
+    let node_ca = Ca::new("affinity nodes");
+    let client_ca = Ca::new("affinity clients");
+    let (node_cert, node_key) = node_ca.issue("affinity-node", &["127.0.0.1", "localhost"]);
+    let (gw_cert, gw_key) = client_ca.issue("gateway", &["gateway.test"]);
+    let (ops_cert, ops_key) = client_ca.issue("ops", &["ops.test"]);
+    let (nobody_cert, nobody_key) = client_ca.issue("nobody", &["nobody.test"]);
+    let token = "0123456789abcdef-operator-token";
+    let authz = write(
+        dir.path(),
+        "authz.toml",
+        &format!(
+            "[[identity]]\nname = \"localhost\"\nrole = \"peer\"\n\n\
+             [[identity]]\nname = \"gateway.test\"\nrole = \"gateway\"\n\n\
+             [[identity]]\nname = \"ops.test\"\nrole = \"admin\"\n\n\
+             [[token]]\ntoken = \"{token}\"\nrole = \"admin\"\n"
+        ),
+    );
+    let options = ClusterOptions {
+        extra_args: vec![
+            "--tls-cert".into(),
+            arg(&write(dir.path(), "node.pem", &node_cert)),
+            "--tls-key".into(),
+            arg(&write(dir.path(), "node-key.pem", &node_key)),
+            "--tls-client-ca".into(),
+            arg(&write(dir.path(), "client-ca.pem", &client_ca.pem)),
+            "--tls-peer-ca".into(),
+            arg(&write(dir.path(), "node-ca.pem", &node_ca.pem)),
+            "--authz".into(),
+            arg(&authz),
+        ],
+        // The harness itself operates the cluster: it needs the admin role.
+        client_tls: Some(ClientTlsFiles {
+            ca: node_ca.pem.clone().into_bytes(),
+            cert: ops_cert.clone().into_bytes(),
+            key: ops_key.clone().into_bytes(),
+        }),
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start("authz", options).await;
+    let as_who = |cert: &str, key: &str, id: u64| {
+        channel(
+            cluster.addr(id),
+            Some(
+                ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&node_ca.pem))
+                    .identity(Identity::from_pem(cert, key))
+                    .domain_name("127.0.0.1"),
+            ),
+        )
+    };
+
+    // A gateway: lease calls, through any node (followers forward as peers).
+    for id in 1..=3 {
+        let mut gw = pb::affinity_client::AffinityClient::new(as_who(&gw_cert, &gw_key, id));
+        gw.resolve(resolve(
+            "ns/authz/0",
+            &format!("10.0.{id}.1"),
+            "10.9.0.1:80",
+            MINUTE,
+        ))
+        .await
+        .unwrap();
+    }
+    let mut gw = pb::affinity_client::AffinityClient::new(as_who(&gw_cert, &gw_key, 1));
+    let denied = gw.list(pb::ListRequest::default()).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains("needs role admin or peer")
+            && denied.message().contains("gateway"),
+        "{}",
+        denied.message()
+    );
+    let mut gw_admin = pb::cluster_client::ClusterClient::new(as_who(&gw_cert, &gw_key, 1));
+    let denied = gw_admin.status(pb::StatusRequest {}).await.unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+
+    // An operator: everything but the peers' own service.
+    let mut ops = pb::affinity_client::AffinityClient::new(as_who(&ops_cert, &ops_key, 1));
+    ops.list(pb::ListRequest::default()).await.unwrap();
+    let mut ops_raft = pb::raft_client::RaftClient::new(as_who(&ops_cert, &ops_key, 1));
+    let denied = ops_raft
+        .vote(pb::RaftVoteRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied.message().contains("needs role peer"),
+        "{}",
+        denied.message()
+    );
+
+    // A certificate the CA signed but no role names: refused, except for health checks.
+    let mut nobody = pb::affinity_client::AffinityClient::new(as_who(&nobody_cert, &nobody_key, 1));
+    let denied = nobody
+        .resolve(resolve("ns/authz/0", "10.0.9.1", "10.9.0.1:80", MINUTE))
+        .await
+        .unwrap_err();
+    assert_eq!(denied.code(), Code::PermissionDenied);
+    assert!(denied.message().contains("no role"), "{}", denied.message());
+    let mut health =
+        tonic_health::pb::health_client::HealthClient::new(as_who(&nobody_cert, &nobody_key, 1));
+    health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+
+    // affinityctl with a gateway certificate: refused alone, allowed with the admin token.
+    let gw_cert_path = write(dir.path(), "gw.pem", &gw_cert);
+    let gw_key_path = write(dir.path(), "gw-key.pem", &gw_key);
+    let node_ca_path = dir.path().join("node-ca.pem");
+    let ctl = |token: Option<&str>| {
+        let mut command = std::process::Command::new(bins::affinityctl());
+        command
+            .args(["--endpoints", &cluster.endpoints()])
+            .args(["--tls-ca", &arg(&node_ca_path)])
+            .args(["--tls-cert", &arg(&gw_cert_path)])
+            .args(["--tls-key", &arg(&gw_key_path)]);
+        if let Some(token) = token {
+            command.args(["--token", token]);
+        }
+        command.arg("status").output().unwrap()
+    };
+    let refused = ctl(None);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("PERMISSION_DENIED"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let allowed = ctl(Some(token));
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+}

@@ -51,6 +51,9 @@ struct Cli {
     /// Name to check the nodes' certificates for. [default: the host of each endpoint]
     #[arg(long, env = "AFFINITY_TLS_SERVER_NAME", global = true)]
     tls_server_name: Option<String>,
+    /// Bearer token for nodes that check roles (--authz); sent only over TLS.
+    #[arg(long, env = "AFFINITY_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -216,6 +219,8 @@ struct Ctl {
     endpoints: Vec<String>,
     deadline: Duration,
     tls: Option<ClientTls>,
+    /// `Bearer <token>`, when given.
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl Ctl {
@@ -238,6 +243,11 @@ impl Ctl {
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request.set_timeout(self.deadline);
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
         request
     }
 
@@ -496,6 +506,7 @@ async fn status(ctl: &Ctl) -> Output {
             endpoints: vec![address.clone()],
             deadline: ctl.deadline,
             tls: ctl.tls.clone(),
+            authorization: ctl.authorization.clone(),
         };
         let answer = one
             .cluster(|mut c| {
@@ -649,8 +660,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let authorization = match (&cli.token, &tls) {
+        (None, _) => None,
+        (Some(_), None) => {
+            eprintln!(
+                "affinityctl: --token needs --tls-ca: a token must not cross the network in plaintext"
+            );
+            return ExitCode::FAILURE;
+        }
+        (Some(token), Some(_)) => {
+            let Ok(value) = format!("Bearer {token}").parse() else {
+                eprintln!("affinityctl: --token must be printable ASCII");
+                return ExitCode::FAILURE;
+            };
+            Some(value)
+        }
+    };
     let ctl = Ctl {
         tls,
+        authorization,
         endpoints: cli
             .endpoints
             .iter()
