@@ -63,6 +63,10 @@ pub struct Limits {
     pub max_watchers: usize,
     /// Concurrent HTTP/2 streams (calls) per client connection.
     pub max_streams_per_connection: u32,
+    /// Calls per second on one connection (a token bucket holding one second); 0 is no
+    /// limit. A gateway sends all its calls to a node over one connection: size it for the
+    /// busiest gateway's misses.
+    pub max_calls_per_connection_per_second: u32,
 }
 
 impl Default for Limits {
@@ -73,6 +77,7 @@ impl Default for Limits {
             max_pending_writes: 10_000,
             max_watchers: 1_024,
             max_streams_per_connection: 1_024,
+            max_calls_per_connection_per_second: 0,
         }
     }
 }

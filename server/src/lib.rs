@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod raft;
+pub mod ratelimit;
 pub mod server;
 pub mod sm;
 pub mod store;

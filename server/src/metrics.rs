@@ -333,6 +333,10 @@ impl prometheus_client::collector::Collector for NodeCollector {
             ),
             ("max-pending-writes", batches.shed.load(Ordering::Relaxed)),
             ("max-watchers", refusals.watchers.load(Ordering::Relaxed)),
+            (
+                "max-calls-per-connection-per-second",
+                refusals.rate.load(Ordering::Relaxed),
+            ),
         ];
         let mut family = e.encode_descriptor(
             "affinity_limit_rejections",

@@ -198,6 +198,8 @@ pub struct Refusals {
     pub leases_per_scope: AtomicU64,
     /// `max-watchers`.
     pub watchers: AtomicU64,
+    /// `max-calls-per-connection-per-second` (shared with the rate limiter).
+    pub rate: Arc<AtomicU64>,
 }
 
 /// How long a writer shed for load is told to wait before retrying.

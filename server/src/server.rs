@@ -132,6 +132,14 @@ async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(config.limits.max_streams_per_connection)
+        .layer(crate::ratelimit::RateLimitLayer::new(
+            (config.limits.max_calls_per_connection_per_second > 0).then(|| {
+                Arc::new(crate::ratelimit::Limiter::new(
+                    config.limits.max_calls_per_connection_per_second,
+                    Arc::clone(&node.refusals().rate),
+                ))
+            }),
+        ))
         .layer(crate::authz::AuthzLayer::new(authz))
         .add_service(
             pb::affinity_server::AffinityServer::new(AffinityService::new(Arc::clone(&ctx)))

@@ -161,6 +161,14 @@ struct NodeArgs {
     /// Concurrent calls (HTTP/2 streams) per client connection. [default: 1024]
     #[arg(long, global = true, env = "AFFINITY_MAX_STREAMS_PER_CONNECTION")]
     max_streams_per_connection: Option<u32>,
+    /// Calls per second one connection may make (RESOURCE_EXHAUSTED beyond); 0 is no
+    /// limit. [default: 0]
+    #[arg(
+        long,
+        global = true,
+        env = "AFFINITY_MAX_CALLS_PER_CONNECTION_PER_SECOND"
+    )]
+    max_calls_per_connection_per_second: Option<u32>,
     /// Serve TLS with this certificate chain (PEM), reloaded when the file changes; also
     /// this node's identity towards its peers. Needs --tls-key.
     #[arg(long, global = true, env = "AFFINITY_TLS_CERT")]
@@ -219,6 +227,7 @@ struct FileArgs {
     max_pending_writes: Option<usize>,
     max_watchers: Option<usize>,
     max_streams_per_connection: Option<u32>,
+    max_calls_per_connection_per_second: Option<u32>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     tls_client_ca: Option<PathBuf>,
@@ -346,6 +355,10 @@ fn layer(args: NodeArgs) -> Result<Settings, String> {
         .max_streams_per_connection
         .or(file.max_streams_per_connection)
         .unwrap_or(limits.max_streams_per_connection);
+    limits.max_calls_per_connection_per_second = args
+        .max_calls_per_connection_per_second
+        .or(file.max_calls_per_connection_per_second)
+        .unwrap_or(limits.max_calls_per_connection_per_second);
     config.authz = args.authz.or(file.authz);
     config.tls = tls_settings(
         args.tls_cert.or(file.tls_cert),
@@ -523,6 +536,7 @@ fn check(settings: &Settings) -> Result<serde_json::Value, String> {
         "max_pending_writes": config.limits.max_pending_writes,
         "max_watchers": config.limits.max_watchers,
         "max_streams_per_connection": config.limits.max_streams_per_connection,
+        "max_calls_per_connection_per_second": config.limits.max_calls_per_connection_per_second,
         "tls": config.tls.as_ref().map(|t| serde_json::json!({
             "cert": t.cert,
             "key": t.key,

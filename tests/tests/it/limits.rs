@@ -192,3 +192,41 @@ async fn writes_past_the_pending_bound_are_shed_with_a_retry_hint() {
     }
     assert!(rejections(&cluster, "max-pending-writes") >= shed.len() as f64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_connection_over_its_rate_is_refused_and_others_are_not() {
+    let cluster = Cluster::start(
+        "rate-limit",
+        limited(&["--max-calls-per-connection-per-second", "20"]),
+    )
+    .await;
+    let busy = cluster.client(1);
+    let calls = (0..200u32).map(|i| {
+        let mut busy = busy.clone();
+        async move {
+            busy.lookup(lookup("ns/rate/0", &format!("10.0.{i}.1")))
+                .await
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let refused: Vec<_> = answers.iter().filter_map(|a| a.as_ref().err()).collect();
+    assert!(
+        !refused.is_empty(),
+        "200 calls at once passed a limit of 20/s"
+    );
+    assert!(answers.iter().filter(|a| a.is_ok()).count() >= 20);
+    for status in &refused {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains("max-calls-per-connection-per-second"),
+            "{}",
+            status.message()
+        );
+    }
+    // Another connection has its own allowance.
+    let mut other = cluster.client(1);
+    other.lookup(lookup("ns/rate/0", "10.9.9.1")).await.unwrap();
+    assert!(rejections(&cluster, "max-calls-per-connection-per-second") >= refused.len() as f64);
+}
