@@ -29,8 +29,6 @@
 //! that gets through TLS is allowed.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use rustls_pki_types::{CertificateDer, ServerName};
 use serde::Deserialize;
@@ -224,68 +222,21 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The tower layer that checks every call against an [`Authz`].
-#[derive(Clone)]
-pub struct AuthzLayer {
-    authz: Option<Arc<Authz>>,
-}
-
-impl AuthzLayer {
-    /// Check calls against `authz`; `None` lets every call through.
-    pub fn new(authz: Option<Arc<Authz>>) -> Self {
-        Self { authz }
-    }
-}
-
-impl<S> tower::Layer<S> for AuthzLayer {
-    type Service = AuthzService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        AuthzService {
-            inner,
-            authz: self.authz.clone(),
-        }
-    }
-}
-
-/// See [`AuthzLayer`].
-#[derive(Clone)]
-pub struct AuthzService<S> {
-    inner: S,
-    authz: Option<Arc<Authz>>,
-}
-
-impl<S> tower::Service<http::Request<Body>> for AuthzService<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future =
-        futures::future::Either<std::future::Ready<Result<Self::Response, Self::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if let Some(authz) = &self.authz {
-            let certs = request
-                .extensions()
-                .get::<TlsConnectInfo<TcpConnectInfo>>()
-                .and_then(TlsConnectInfo::peer_certs);
-            let authorization = request
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            let leaf = certs.as_ref().and_then(|c| c.first());
-            if let Err(status) = authz.check(request.uri().path(), leaf, authorization) {
+impl crate::gate::Gate for Authz {
+    fn admit(&self, request: &http::Request<Body>) -> Result<(), Status> {
+        let certs = request
+            .extensions()
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs);
+        let authorization = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let leaf = certs.as_ref().and_then(|c| c.first());
+        self.check(request.uri().path(), leaf, authorization)
+            .inspect_err(|status| {
                 tracing::info!(path = %request.uri().path(), reason = %status.message(), "call refused");
-                return futures::future::Either::Left(std::future::ready(Ok(status.into_http())));
-            }
-        }
-        futures::future::Either::Right(self.inner.call(request))
+            })
     }
 }
 

@@ -37,6 +37,7 @@ pub mod batch;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod gate;
 pub mod grpc;
 pub mod join;
 pub mod metrics;

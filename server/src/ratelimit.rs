@@ -1,5 +1,6 @@
 //! Per-connection rate limits: a token bucket for each client connection (keyed by its
-//! remote address and port), checked on every call before it reaches a service. A call over
+//! remote address and port), checked on every call before it reaches a service (a
+//! [`crate::gate::Gate`]). A call over
 //! the rate is refused at once with RESOURCE_EXHAUSTED, so one connection cannot take the
 //! node's capacity from the others. Health checks are exempt. The bucket holds one second
 //! of calls (a burst of `rate`), and buckets of connections idle for a while are dropped.
@@ -8,7 +9,6 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -46,7 +46,7 @@ impl Limiter {
     }
 
     /// Take one call from `connection`'s bucket at `now`; false when it is empty.
-    pub fn admit(&self, connection: SocketAddr, now: Instant) -> bool {
+    pub fn take(&self, connection: SocketAddr, now: Instant) -> bool {
         let mut buckets = self.buckets.lock();
         if buckets.len() >= SWEEP_AT {
             buckets.retain(|_, b| now.saturating_duration_since(b.last) < IDLE);
@@ -68,37 +68,6 @@ impl Limiter {
     }
 }
 
-/// The tower layer that applies a [`Limiter`] (none: every call passes).
-#[derive(Clone)]
-pub struct RateLimitLayer {
-    limiter: Option<Arc<Limiter>>,
-}
-
-impl RateLimitLayer {
-    /// Limit with `limiter`, or not at all.
-    pub fn new(limiter: Option<Arc<Limiter>>) -> Self {
-        Self { limiter }
-    }
-}
-
-impl<S> tower::Layer<S> for RateLimitLayer {
-    type Service = RateLimitService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        RateLimitService {
-            inner,
-            limiter: self.limiter.clone(),
-        }
-    }
-}
-
-/// See [`RateLimitLayer`].
-#[derive(Clone)]
-pub struct RateLimitService<S> {
-    inner: S,
-    limiter: Option<Arc<Limiter>>,
-}
-
 fn remote(request: &http::Request<Body>) -> Option<SocketAddr> {
     let extensions = request.extensions();
     extensions
@@ -111,32 +80,20 @@ fn remote(request: &http::Request<Body>) -> Option<SocketAddr> {
         })
 }
 
-impl<S> tower::Service<http::Request<Body>> for RateLimitService<S>
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>,
-{
-    type Response = http::Response<Body>;
-    type Error = S::Error;
-    type Future =
-        futures::future::Either<std::future::Ready<Result<Self::Response, Self::Error>>, S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        if let Some(limiter) = &self.limiter
-            && !request.uri().path().starts_with("/grpc.health.v1.Health/")
-            && let Some(connection) = remote(&request)
-            && !limiter.admit(connection, Instant::now())
-        {
-            let status = Status::resource_exhausted(format!(
-                "this connection made more than {} calls in the last second (max-calls-per-connection-per-second); slow down or spread calls over connections",
-                limiter.rate
-            ));
-            return futures::future::Either::Left(std::future::ready(Ok(status.into_http())));
+impl crate::gate::Gate for Limiter {
+    fn admit(&self, request: &http::Request<Body>) -> Result<(), Status> {
+        if request.uri().path().starts_with("/grpc.health.v1.Health/") {
+            return Ok(());
         }
-        futures::future::Either::Right(self.inner.call(request))
+        match remote(request) {
+            Some(connection) if !self.take(connection, Instant::now()) => {
+                Err(Status::resource_exhausted(format!(
+                    "this connection made more than {} calls in the last second (max-calls-per-connection-per-second); slow down or spread calls over connections",
+                    self.rate
+                )))
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -152,15 +109,15 @@ mod tests {
         let b: SocketAddr = "10.0.0.1:5001".parse().unwrap();
         let t0 = Instant::now();
         for _ in 0..3 {
-            assert!(limiter.admit(a, t0));
+            assert!(limiter.take(a, t0));
         }
-        assert!(!limiter.admit(a, t0), "a burst of 3, then empty");
-        assert!(limiter.admit(b, t0), "another connection is not affected");
+        assert!(!limiter.take(a, t0), "a burst of 3, then empty");
+        assert!(limiter.take(b, t0), "another connection is not affected");
         assert!(
-            limiter.admit(a, t0 + Duration::from_millis(400)),
+            limiter.take(a, t0 + Duration::from_millis(400)),
             "a third of a second refills one"
         );
-        assert!(!limiter.admit(a, t0 + Duration::from_millis(400)));
+        assert!(!limiter.take(a, t0 + Duration::from_millis(400)));
         assert_eq!(refused.load(Ordering::Relaxed), 2);
     }
 }

@@ -109,6 +109,18 @@ async fn serve(
     };
     let peers = Peers::new(Duration::from_secs(2), config.tls.clone());
     let node = Node::start(&config, advertise, peers.clone()).await?;
+    // Checks on every call, cheapest first: the connection's rate, then its role.
+    let mut gates: Vec<Arc<dyn crate::gate::Gate>> = Vec::new();
+    let rate = config.limits.max_calls_per_connection_per_second;
+    if rate > 0 {
+        gates.push(Arc::new(crate::ratelimit::Limiter::new(
+            rate,
+            Arc::clone(&node.refusals().rate),
+        )));
+    }
+    if let Some(authz) = authz {
+        gates.push(authz);
+    }
     let stopping = CancellationToken::new();
     let metrics = Metrics::new(Arc::clone(&node));
     let ctx = Arc::new(Ctx {
@@ -132,15 +144,7 @@ async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .max_concurrent_streams(config.limits.max_streams_per_connection)
-        .layer(crate::ratelimit::RateLimitLayer::new(
-            (config.limits.max_calls_per_connection_per_second > 0).then(|| {
-                Arc::new(crate::ratelimit::Limiter::new(
-                    config.limits.max_calls_per_connection_per_second,
-                    Arc::clone(&node.refusals().rate),
-                ))
-            }),
-        ))
-        .layer(crate::authz::AuthzLayer::new(authz))
+        .layer(crate::gate::GateLayer::new(gates))
         .add_service(
             pb::affinity_server::AffinityServer::new(AffinityService::new(Arc::clone(&ctx)))
                 .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
