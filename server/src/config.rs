@@ -147,7 +147,7 @@ impl ConfigError {
 
 /// Parse `ID=HOST:PORT,ID=HOST:PORT,...`.
 pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
-    let mut peers = BTreeMap::new();
+    let mut peers: BTreeMap<NodeId, String> = BTreeMap::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let (id, addr) = item
             .split_once('=')
@@ -162,7 +162,14 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> 
         if id == 0 {
             return Err(ConfigError::new("peers", "node ids start at 1"));
         }
-        if peers.insert(id, addr.trim().to_string()).is_some() {
+        let addr = addr.trim();
+        if let Some((other, _)) = peers.iter().find(|(_, a)| a.as_str() == addr) {
+            return Err(ConfigError::new(
+                "peers",
+                format!("nodes {other} and {id} share the address {addr}; each node needs its own"),
+            ));
+        }
+        if peers.insert(id, addr.to_string()).is_some() {
             return Err(ConfigError::new(
                 "peers",
                 format!("node {id} is listed twice"),
@@ -329,6 +336,13 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn peers_may_not_share_an_address() {
+        let err = parse_peers("1=127.0.0.1:7400,2=127.0.0.1:7400").unwrap_err();
+        assert_eq!(err.setting, "peers");
+        assert!(err.reason.contains("share the address"), "{err}");
+    }
 
     #[test]
     fn peers_parse_and_reject() {

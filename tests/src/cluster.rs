@@ -95,9 +95,23 @@ pub struct Cluster {
     initial_peers: BTreeMap<u64, SocketAddr>,
 }
 
-fn reserve_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
-    listener.local_addr().expect("bound address")
+/// A free loopback port for a process this test starts: bound, released, then bound again
+/// by that process. The kernel may offer a port it just released again, so a port is never
+/// handed out twice in one test process (two nodes given one port would talk to
+/// themselves).
+pub fn reserve_port() -> SocketAddr {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free loopback port");
+        let addr = listener.local_addr().expect("bound address");
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
 }
 
 impl Cluster {
