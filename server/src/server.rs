@@ -187,6 +187,10 @@ async fn serve(
     tasks.spawn(
         report_health(Arc::clone(&node), health.clone(), stopping.clone()).in_current_span(),
     );
+    tasks.spawn(
+        mark_applied(Arc::clone(&node), config.data_dir.clone(), stopping.clone())
+            .in_current_span(),
+    );
     if !config.join.is_empty() {
         tasks.spawn(
             crate::join::run(
@@ -308,6 +312,43 @@ async fn report_health(node: Arc<Node>, reporter: HealthReporter, stopping: Canc
             () = stopping.cancelled() => return,
             changed = metrics.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(node.readiness_interval()) => {}
+        }
+    }
+}
+
+/// Every second, record in the data directory how far the log is known to reach: an entry
+/// both applied (so committed, never to be truncated) and synced to disk here. A log found
+/// shorter than that at start is damaged (see [`crate::store::StoreError::LogBehind`]).
+async fn mark_applied(node: Arc<Node>, dir: std::path::PathBuf, stopping: CancellationToken) {
+    let mut marked = crate::store::read_applied_mark(&dir)
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stop = tokio::select! {
+            () = stopping.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        let applied = node.state().last_applied().map_or(0, |id| id.index());
+        let durable = node
+            .flush_stats()
+            .durable_index
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let reach = applied.min(durable);
+        if reach > marked {
+            let dir = dir.clone();
+            match tokio::task::spawn_blocking(move || crate::store::write_applied_mark(&dir, reach))
+                .await
+            {
+                Ok(Ok(())) => marked = reach,
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot record the applied index"),
+                Err(e) => tracing::warn!(error = %e, "recording the applied index failed"),
+            }
+        }
+        if stop {
+            return;
         }
     }
 }

@@ -49,6 +49,9 @@ pub struct FlushStats {
     pub requests: AtomicU64,
     /// Total time spent syncing, in microseconds.
     pub sync_micros: AtomicU64,
+    /// The highest log index known to be on disk: the last entry present when the latest
+    /// successful sync began.
+    pub durable_index: AtomicU64,
 }
 
 enum Job {
@@ -83,9 +86,15 @@ impl Flusher {
                     batch.extend(rx.try_iter());
                     if failed.is_none() {
                         let started = Instant::now();
-                        if let Err(e) = durable.sync() {
-                            tracing::error!(error = %e, "making the log durable failed; refusing all further writes");
-                            failed = Some((e.kind(), e.to_string()));
+                        match durable.sync() {
+                            Ok(Some(index)) => {
+                                thread_stats.durable_index.fetch_max(index, Ordering::Relaxed);
+                            }
+                            Ok(None) => {}
+                            Err(e) => {
+                                tracing::error!(error = %e, "making the log durable failed; refusing all further writes");
+                                failed = Some((e.kind(), e.to_string()));
+                            }
                         }
                         thread_stats.syncs.fetch_add(1, Ordering::Relaxed);
                         thread_stats.sync_micros.fetch_add(
@@ -161,6 +170,7 @@ impl Flusher {
 /// sled plus the file handles needed to really sync it.
 struct Durable {
     db: sled::Db,
+    log: sled::Tree,
     db_file: File,
     blobs_dir: PathBuf,
     synced_blobs: HashSet<std::ffi::OsString>,
@@ -170,8 +180,10 @@ struct Durable {
 impl Durable {
     fn new(db: sled::Db, dir: &Path, mode: SyncMode) -> io::Result<Self> {
         let db_file = File::open(dir.join("db"))?;
+        let log = db.open_tree("log").map_err(io::Error::from)?;
         Ok(Self {
             db,
+            log,
             db_file,
             blobs_dir: dir.join("blobs"),
             synced_blobs: HashSet::new(),
@@ -179,13 +191,20 @@ impl Durable {
         })
     }
 
-    fn sync(&mut self) -> io::Result<()> {
+    /// Make everything written so far durable; the last log index it covers, if any.
+    fn sync(&mut self) -> io::Result<Option<u64>> {
+        let last = self
+            .log
+            .last()
+            .map_err(io::Error::from)?
+            .and_then(|(key, _)| <[u8; 8]>::try_from(key.as_ref()).ok())
+            .map(u64::from_be_bytes);
         self.db.flush().map_err(io::Error::from)?;
         if self.mode == SyncMode::Fsync {
             self.db_file.sync_data()?;
             self.sync_new_blobs()?;
         }
-        Ok(())
+        Ok(last)
     }
 
     /// fsync blob files sled created since the last sync, and the blob folder.

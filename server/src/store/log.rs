@@ -52,6 +52,16 @@ impl LogStore {
         read_log_id(&self.inner.meta, keys::LAST_PURGED)
     }
 
+    /// The last log index this log holds or was purged up to (0 when empty).
+    pub(crate) fn last_index(&self) -> io::Result<u64> {
+        let purged = self.last_purged()?.map_or(0, |id| id.index());
+        let last = match self.inner.log.last().map_err(io::Error::from)? {
+            Some((key, _)) => key_index(&key)?,
+            None => 0,
+        };
+        Ok(last.max(purged))
+    }
+
     /// Remove entries at or below the purge point that a crash left behind (purge writes
     /// the purge point first, then deletes).
     pub(crate) fn finish_interrupted_purge(&self) -> io::Result<()> {

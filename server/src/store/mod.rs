@@ -77,6 +77,19 @@ pub enum StoreError {
         /// The data directory.
         dir: PathBuf,
     },
+    /// The Raft log ends before entries this node had applied from it: the log was damaged
+    /// (sled drops everything after a corrupted record) or replaced.
+    #[error(
+        "data directory {dir}: the Raft log ends at entry {last}, but this node had applied entries up to {marked} from it (recorded in {APPLIED_MARK}); the log file is damaged or was replaced, so this node refuses to start rather than serve without acknowledged writes. Move the data directory aside and let the node rejoin its cluster (docs/operations.md), or restore a backup"
+    )]
+    LogBehind {
+        /// The data directory.
+        dir: PathBuf,
+        /// The last index the log holds (or was purged up to).
+        last: u64,
+        /// The applied index recorded before.
+        marked: u64,
+    },
     /// Written by a build with another layout version.
     #[error(
         "data directory {dir} has data version {found}; this build reads version {DATA_VERSION} only"
@@ -180,6 +193,16 @@ pub fn open(dir: &Path, options: &StoreOptions) -> Result<Storage, StoreError> {
 
     let log = LogStore::new(log_tree, meta_tree.clone(), flusher.clone());
     log.finish_interrupted_purge().map_err(io_err)?;
+    if let Some(marked) = read_applied_mark(dir).map_err(io_err)? {
+        let last = log.last_index().map_err(io_err)?;
+        if last < marked {
+            return Err(StoreError::LogBehind {
+                dir: dir.to_path_buf(),
+                last,
+                marked,
+            });
+        }
+    }
     let snapshots =
         SnapshotStore::open(dir.join("snapshots"), meta_tree, flusher.clone()).map_err(io_err)?;
     let state = StateMachineStore::new(
@@ -191,6 +214,36 @@ pub fn open(dir: &Path, options: &StoreOptions) -> Result<Storage, StoreError> {
         state,
         flusher,
     })
+}
+
+/// The file, in the data directory, recording an index this node had applied (and so had on
+/// disk): the log must reach at least that far when the node starts.
+pub const APPLIED_MARK: &str = "applied-index";
+
+/// The applied index recorded in `dir`, if any.
+pub fn read_applied_mark(dir: &Path) -> io::Result<Option<u64>> {
+    match std::fs::read_to_string(dir.join(APPLIED_MARK)) {
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{APPLIED_MARK} holds {text:?}, not a log index"),
+            )
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Record `index` in `dir`, atomically and durably (write, sync, rename).
+pub fn write_applied_mark(dir: &Path, index: u64) -> io::Result<()> {
+    let temp = dir.join(format!("{APPLIED_MARK}.tmp"));
+    {
+        let mut file = std::fs::File::create(&temp)?;
+        io::Write::write_all(&mut file, format!("{index}\n").as_bytes())?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&temp, dir.join(APPLIED_MARK))?;
+    durable::sync_dir(dir)
 }
 
 fn check_version(dir: &Path, log: &sled::Tree, meta: &sled::Tree) -> Result<(), StoreError> {

@@ -355,3 +355,57 @@ async fn a_full_disk_fails_writes_clearly_and_a_restart_recovers_every_acknowled
     );
     drop(cluster);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_log_stops_the_node_at_start_instead_of_losing_writes_silently() {
+    let mut cluster = Cluster::start("damaged-log", one_node()).await;
+    let mut client = cluster.client(1);
+    for i in 0..60u32 {
+        client
+            .resolve(resolve(
+                "ns/log/0",
+                &format!("10.0.{i}.1"),
+                "10.9.0.1:80",
+                MINUTE,
+            ))
+            .await
+            .unwrap();
+    }
+    // The node records how far its log reaches (applied and on disk) every second.
+    let data = cluster.data_dir(1).to_path_buf();
+    wait::until(
+        "the node records that its log reaches past 60 entries",
+        Duration::from_secs(10),
+        || {
+            let data = data.clone();
+            async move {
+                match affinity_server::store::read_applied_mark(&data) {
+                    Ok(Some(n)) if n >= 60 => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    assert!(cluster.stop(1).await.success());
+
+    // Damage the middle of sled's file: sled keeps what comes before the damage and drops
+    // the rest without a word.
+    let db = data.join("raft/db");
+    let mut bytes = std::fs::read(&db).unwrap();
+    let (from, to) = (bytes.len() * 3 / 10, bytes.len() * 4 / 10);
+    for b in &mut bytes[from..to] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+
+    let logged_before = cluster.log(1).len();
+    cluster.spawn(1);
+    let status = cluster.wait_exit(1, Duration::from_secs(20)).await;
+    assert!(!status.success(), "the node started on a damaged log");
+    let said = cluster.log(1)[logged_before..].to_string();
+    assert!(
+        said.contains("the Raft log ends at entry") && said.contains("refuses to start"),
+        "the error says what is wrong: {said}"
+    );
+}
