@@ -1,6 +1,9 @@
 //! Who may call what: roles from a client certificate's names (mutual TLS) or from a bearer
 //! token, checked on every call before it reaches a service.
 //!
+//! A certificate's names are its SAN DNS names and addresses, and its subject common
+//! name (CN), for CAs that still put the name there.
+//!
 //! Roles:
 //! - `gateway`: `Resolve`, `Lookup`, `Reassign`, `Release`, `Watch`;
 //! - `admin`: every client and operator RPC (`List`, `DrainEndpoint`, the `Cluster`
@@ -11,7 +14,7 @@
 //! Health checks and reflection need no role. The file (`--authz`, TOML):
 //!
 //! ```toml
-//! [[identity]]          # a client certificate valid for this DNS name (SAN)
+//! [[identity]]          # a client certificate for this name (SAN, or CN)
 //! name = "gateway.shop.svc"
 //! role = "gateway"
 //!
@@ -159,11 +162,17 @@ impl Authz {
                     .map(|t| t.role),
             );
         }
-        if let Some(cert) = certificate.and_then(|c| webpki::EndEntityCert::try_from(c).ok()) {
+        if let Some(der) = certificate
+            && let Ok(cert) = webpki::EndEntityCert::try_from(der)
+        {
+            let common_names = common_names(der);
             roles.extend(
                 self.identities
                     .iter()
-                    .filter(|i| valid_for(&cert, &i.name))
+                    .filter(|i| {
+                        valid_for(&cert, &i.name)
+                            || common_names.iter().any(|cn| name_matches(&i.name, cn))
+                    })
                     .map(|i| i.role),
             );
         }
@@ -196,6 +205,31 @@ impl Authz {
             "{path} needs role {}; this caller has {had}",
             wanted.join(" or ")
         )))
+    }
+}
+
+/// The subject common names of a certificate (DER), lower-cased.
+fn common_names(der: &[u8]) -> Vec<String> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, cert)| {
+            cert.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(str::to_ascii_lowercase)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `name` matches `pattern`: equal (ignoring case), or for `*.rest`, one label in
+/// front of `rest`.
+fn name_matches(pattern: &str, name: &str) -> bool {
+    let pattern = pattern.to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(rest) => name
+            .split_once('.')
+            .is_some_and(|(label, tail)| !label.is_empty() && tail == rest),
+        None => pattern == name,
     }
 }
 
@@ -310,6 +344,35 @@ mod tests {
                 .check("/grpc.health.v1.Health/Check", None, None)
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn certificates_name_their_holder_by_san_or_common_name() {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["gw-1.gateways.test".to_string()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "ops-team");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let der = CertificateDer::from(params.self_signed(&key).unwrap().der().to_vec());
+        let authz = load(
+            "[[identity]]\nname = \"*.gateways.test\"\nrole = \"gateway\"\n\n\
+             [[identity]]\nname = \"Ops-Team\"\nrole = \"admin\"\n",
+        )
+        .unwrap();
+        let roles = authz.roles(Some(&der), None);
+        assert!(
+            roles.contains(&Role::Gateway),
+            "SAN under a wildcard: {roles:?}"
+        );
+        assert!(roles.contains(&Role::Admin), "CN, ignoring case: {roles:?}");
+        assert!(
+            authz
+                .check("/affinity.v1.Cluster/Status", Some(&der), None)
+                .is_ok()
+        );
+        let other = load("[[identity]]\nname = \"someone.test\"\nrole = \"admin\"\n").unwrap();
+        assert!(other.roles(Some(&der), None).is_empty());
     }
 
     #[test]
