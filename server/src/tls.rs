@@ -297,16 +297,10 @@ pub fn peer_client_config(
             path: PathBuf::new(),
             reason: "is needed to verify peers when TLS is on (or give --tls-client-ca)".into(),
         })?;
-    let ca = read("tls-peer-ca", ca_path)?;
-    let cert = read("tls-cert", &config.cert)?;
-    let key = read("tls-key", &config.key)?;
-    let host = address
-        .rsplit_once(':')
-        .map_or(address, |(host, _)| host)
-        .trim_start_matches('[')
-        .trim_end_matches(']');
-    Ok(tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
-        .identity(tonic::transport::Identity::from_pem(cert, key))
-        .domain_name(host))
+    // A node dials its peers as any client of the store does.
+    let client = affinity_client::ClientTls::new(read("tls-peer-ca", ca_path)?).identity(
+        read("tls-cert", &config.cert)?,
+        read("tls-key", &config.key)?,
+    );
+    Ok(client.for_address(address))
 }
