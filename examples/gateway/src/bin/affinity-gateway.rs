@@ -181,13 +181,14 @@ fn run(cli: &Cli) -> Result<(), String> {
     let handle = admin::install_recorder()?;
 
     let membership = Arc::new(Membership::default());
-    membership.set(loaded.backends());
+    let backends = loaded.backends();
     tracing::info!(
         routes = %cli.routes.display(),
         rules = loaded.rules.len(),
-        backends = loaded.backends().len(),
+        backends = backends.len(),
         "route file loaded"
     );
+    membership.set(backends);
     let routes = Arc::new(ArcSwap::from_pointee(loaded));
 
     // The affinity client and the gateway's own tasks live on this runtime, which lives as

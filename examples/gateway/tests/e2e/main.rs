@@ -333,7 +333,6 @@ spec:
         "replicas agree without the store"
     );
     assert_ne!(one.backend(), a_backend, "the dead backend is not eligible");
-    let _ = new_backend;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
