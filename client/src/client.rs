@@ -80,6 +80,17 @@ pub struct Builder {
     fail_mode: FailMode,
     watch: bool,
     tls: Option<ClientTls>,
+    token: Option<Secret>,
+}
+
+/// A bearer token, kept out of `Debug` output.
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 impl Default for Builder {
@@ -93,6 +104,7 @@ impl Default for Builder {
             fail_mode: FailMode::Open,
             watch: true,
             tls: None,
+            token: None,
         }
     }
 }
@@ -155,6 +167,14 @@ impl Builder {
         self
     }
 
+    /// Send this bearer token with every call (`authorization: Bearer <token>`), for nodes
+    /// whose `--authz` file gives roles to tokens. Use it over TLS only. Default none.
+    #[must_use]
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(Secret(token.into()));
+        self
+    }
+
     /// Follow the store's `Watch` stream to keep the cache current. Default on.
     #[must_use]
     pub fn watch(mut self, on: bool) -> Self {
@@ -170,7 +190,18 @@ impl Builder {
                 "request_timeout must be more than 0".into(),
             ));
         }
-        let nodes = Nodes::new(&self.endpoints, self.connect_timeout, self.tls.as_ref())?;
+        if self.token.is_some() && self.tls.is_none() {
+            return Err(ClientError::Config(
+                "token needs tls: a bearer token must not cross the network in plaintext".into(),
+            ));
+        }
+        let bearer = crate::transport::Bearer::new(self.token.as_ref().map(|t| t.0.as_str()))?;
+        let nodes = Nodes::new(
+            &self.endpoints,
+            self.connect_timeout,
+            self.tls.as_ref(),
+            &bearer,
+        )?;
         let inner = Arc::new(Inner {
             nodes,
             cache: LeaseCache::new(self.cache_capacity),
@@ -596,10 +627,7 @@ impl AffinityClient {
     ) -> Result<Resp, ClientError>
     where
         Req: Clone,
-        F: Fn(
-            pb::affinity_client::AffinityClient<tonic::transport::Channel>,
-            tonic::Request<Req>,
-        ) -> Fut,
+        F: Fn(crate::transport::Stub, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
     {
         let deadline = Instant::now() + self.inner.request_timeout;

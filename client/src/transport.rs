@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use affinity_proto::pb::affinity_client::AffinityClient;
 use affinity_proto::{ValidationError, code_name};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
 use crate::tls::ClientTls;
@@ -28,9 +31,49 @@ pub const REVISION_METADATA: &str = "affinity-revision";
 const FIRST_BACKOFF: Duration = Duration::from_millis(20);
 const MAX_BACKOFF: Duration = Duration::from_millis(500);
 
+/// A stub of one node's `Affinity` service, carrying the bearer token when one is set.
+pub(crate) type Stub = AffinityClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer <token>` to every call when a token is configured (nodes
+/// that run with `--authz` take roles from it as well as from client certificates).
+#[derive(Clone)]
+pub(crate) struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    /// The header for `token`; a token that cannot be a header value is refused, naming
+    /// the rule (printable ASCII, no spaces at either end).
+    pub fn new(token: Option<&str>) -> Result<Self, ClientError> {
+        let Some(token) = token else {
+            return Ok(Self(None));
+        };
+        let usable = !token.is_empty()
+            && token.trim() == token
+            && token.bytes().all(|b| b.is_ascii_graphic() || b == b' ');
+        if !usable {
+            return Err(ClientError::Config(
+                "token must be printable ASCII, not empty, without spaces at either end".into(),
+            ));
+        }
+        MetadataValue::try_from(format!("Bearer {token}"))
+            .map(|v| Self(Some(v)))
+            .map_err(|_| ClientError::Config("token cannot be sent as a header".into()))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 struct Node {
     address: String,
-    client: AffinityClient<Channel>,
+    client: Stub,
 }
 
 /// The store's nodes.
@@ -45,6 +88,7 @@ impl Nodes {
         addresses: &[String],
         connect_timeout: Duration,
         tls: Option<&ClientTls>,
+        bearer: &Bearer,
     ) -> Result<Self, ClientError> {
         if addresses.is_empty() {
             return Err(ClientError::Config("no store endpoints given".into()));
@@ -71,7 +115,7 @@ impl Nodes {
                     .connect_lazy();
                 Ok(Node {
                     address: address.clone(),
-                    client: AffinityClient::new(channel),
+                    client: AffinityClient::with_interceptor(channel, bearer.clone()),
                 })
             })
             .collect::<Result<Vec<_>, ClientError>>()?;
@@ -106,13 +150,13 @@ impl Nodes {
     }
 
     /// A client of any node, for streams (the preferred one).
-    pub fn any(&self) -> (usize, AffinityClient<Channel>) {
+    pub fn any(&self) -> (usize, Stub) {
         let i = self.preferred.load(Ordering::Relaxed) % self.nodes.len();
         (i, self.nodes[i].client.clone())
     }
 
     /// A client of the node after `i`.
-    pub fn next(&self, i: usize) -> (usize, AffinityClient<Channel>) {
+    pub fn next(&self, i: usize) -> (usize, Stub) {
         let j = (i + 1) % self.nodes.len();
         (j, self.nodes[j].client.clone())
     }
@@ -125,7 +169,7 @@ impl Nodes {
         f: F,
     ) -> Result<T, ClientError>
     where
-        F: Fn(AffinityClient<Channel>, Duration) -> Fut,
+        F: Fn(Stub, Duration) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let started = Instant::now();
@@ -266,5 +310,29 @@ mod tests {
             invalid(&Status::invalid_argument("garbled")),
             ClientError::Refused { .. }
         ));
+    }
+
+    #[test]
+    fn bearer_tokens_become_one_header() {
+        let mut bearer = Bearer::new(Some("0123456789abcdef-gw")).unwrap();
+        let request = bearer.call(tonic::Request::new(())).unwrap();
+        assert_eq!(
+            request.metadata().get("authorization").unwrap(),
+            "Bearer 0123456789abcdef-gw"
+        );
+        let mut none = Bearer::new(None).unwrap();
+        let request = none.call(tonic::Request::new(())).unwrap();
+        assert!(request.metadata().get("authorization").is_none());
+        for bad in [
+            "",
+            " padded",
+            "padded ",
+            "line\nbreak",
+            "tab\there",
+            "caf\u{e9}",
+        ] {
+            let err = Bearer::new(Some(bad)).err().unwrap();
+            assert!(err.to_string().contains("token"), "{bad:?}: {err}");
+        }
     }
 }

@@ -78,6 +78,10 @@ struct Cli {
     /// Its private key (PEM).
     #[arg(long, env = "AFFINITY_GATEWAY_STORE_TLS_KEY")]
     store_tls_key: Option<PathBuf>,
+    /// File holding a bearer token to send to the store (for nodes whose --authz file
+    /// gives roles to tokens); needs --store-tls-ca.
+    #[arg(long, env = "AFFINITY_GATEWAY_STORE_TOKEN_FILE")]
+    store_token_file: Option<PathBuf>,
     /// Leases this replica caches.
     #[arg(
         long,
@@ -213,11 +217,28 @@ fn run(cli: &Cli) -> Result<(), String> {
         }
         None => None,
     };
+    let token = match &cli.store_token_file {
+        Some(_) if cli.store_tls_ca.is_none() => {
+            return Err(
+                "--store-token-file needs --store-tls-ca: a token must not cross the network in plaintext"
+                    .into(),
+            );
+        }
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map(|t| t.trim().to_string())
+                .map_err(|e| format!("--store-token-file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
     let client = {
         let _inside = runtime.enter();
         let mut builder = AffinityClient::builder();
         if let Some(tls) = tls {
             builder = builder.tls(tls);
+        }
+        if let Some(token) = token {
+            builder = builder.token(token);
         }
         builder
             .endpoints(cli.store.iter().cloned())
