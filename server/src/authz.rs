@@ -29,7 +29,8 @@
 //!
 //! A call with neither a matching certificate nor a matching token is refused with
 //! PERMISSION_DENIED, which says which role the RPC needs. Without `--authz`, every call
-//! that gets through TLS is allowed.
+//! that gets through TLS is allowed. The file is read again when it changes
+//! ([`Reloading`]); a file that does not load is logged and the roles in force stay.
 
 use std::path::Path;
 
@@ -254,6 +255,51 @@ fn valid_for(cert: &webpki::EndEntityCert<'_>, pattern: &str) -> bool {
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The roles in force, from a file read again whenever it changes.
+pub struct Reloading {
+    path: std::path::PathBuf,
+    current: arc_swap::ArcSwap<Authz>,
+}
+
+impl Reloading {
+    /// Read the file at `path`.
+    pub fn load(path: &Path) -> Result<Reloading, AuthzError> {
+        Ok(Reloading {
+            path: path.to_path_buf(),
+            current: arc_swap::ArcSwap::from_pointee(Authz::load(path)?),
+        })
+    }
+
+    /// Check the file every `interval` and take it when it changes and loads, until `stop`.
+    pub async fn follow(
+        self: std::sync::Arc<Self>,
+        interval: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        let path = self.path.clone();
+        crate::tls::on_change(vec![path], interval, stop, || {
+            match Authz::load(&self.path) {
+                Ok(fresh) => {
+                    self.current.store(std::sync::Arc::new(fresh));
+                    tracing::info!(file = %self.path.display(), "authorization file reloaded");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "authorization file not reloaded; keeping the roles in force");
+                }
+            }
+            // A broken file is not retried until it changes again.
+            true
+        })
+        .await;
+    }
+}
+
+impl crate::gate::Gate for Reloading {
+    fn admit(&self, request: &http::Request<Body>) -> Result<(), Status> {
+        self.current.load().admit(request)
+    }
 }
 
 impl crate::gate::Gate for Authz {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::raft::NodeId;
+use crate::raft::{Node as RaftNode, NodeId};
 use crate::store::StoreOptions;
 
 /// Everything a node needs to run.
@@ -17,12 +17,16 @@ pub struct Config {
     /// Address other nodes and clients use to reach this node (HOST:PORT). Defaults to the
     /// address the gRPC listener is bound to.
     pub advertise: Option<String>,
+    /// Address other nodes reach this node's peer listener at, when peer traffic has a port
+    /// of its own (`--peer-listen`). Defaults to the address the peer listener is bound to.
+    pub peer_advertise: Option<String>,
     /// Data directory: Raft log, vote and snapshots.
     pub data_dir: PathBuf,
-    /// Static initial membership (id -> HOST:PORT). Empty: a single-node cluster of this node.
+    /// Static initial membership (id -> client address and, for nodes with a peer port, peer
+    /// address). Empty: a single-node cluster of this node.
     /// When the storage is empty, the node with the lowest id initializes the cluster with all
     /// of them; the others wait to be contacted. A node that has state never re-initializes.
-    pub peers: BTreeMap<NodeId, String>,
+    pub peers: BTreeMap<NodeId, RaftNode>,
     /// Members to ask for admission (HOST:PORT each), instead of static `peers`: node 1 forms
     /// the cluster when none exists, every other node joins it as a learner and becomes a
     /// voter once caught up (see [`crate::join`]).
@@ -111,6 +115,7 @@ impl Default for Config {
         Self {
             node_id: 1,
             advertise: None,
+            peer_advertise: None,
             data_dir: PathBuf::from("./affinity-data"),
             peers: BTreeMap::new(),
             join: Vec::new(),
@@ -145,36 +150,55 @@ impl ConfigError {
     }
 }
 
-/// Parse `ID=HOST:PORT,ID=HOST:PORT,...`.
-pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, String>, ConfigError> {
-    let mut peers: BTreeMap<NodeId, String> = BTreeMap::new();
+/// Parse `ID=HOST:PORT,...`; an entry `ID=HOST:PORT/PEER_HOST:PORT` names a node that
+/// serves peer traffic on its own port (`--peer-listen`).
+pub fn parse_peers(text: &str) -> Result<BTreeMap<NodeId, RaftNode>, ConfigError> {
+    let mut peers: BTreeMap<NodeId, RaftNode> = BTreeMap::new();
+    let mut taken: BTreeMap<String, NodeId> = BTreeMap::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let (id, addr) = item
-            .split_once('=')
-            .ok_or_else(|| ConfigError::new("peers", format!("{item:?} is not ID=HOST:PORT")))?;
+        let (id, addrs) = item.split_once('=').ok_or_else(|| {
+            ConfigError::new(
+                "peers",
+                format!("{item:?} is not ID=HOST:PORT or ID=HOST:PORT/PEER_HOST:PORT"),
+            )
+        })?;
         let id: NodeId = id.trim().parse().map_err(|_| {
             ConfigError::new(
                 "peers",
                 format!("{id:?} in {item:?} is not a node id (1 or more)"),
             )
         })?;
-        check_host_port("peers", addr.trim())?;
         if id == 0 {
             return Err(ConfigError::new("peers", "node ids start at 1"));
         }
-        let addr = addr.trim();
-        if let Some((other, _)) = peers.iter().find(|(_, a)| a.as_str() == addr) {
-            return Err(ConfigError::new(
-                "peers",
-                format!("nodes {other} and {id} share the address {addr}; each node needs its own"),
-            ));
-        }
-        if peers.insert(id, addr.to_string()).is_some() {
+        if peers.contains_key(&id) {
             return Err(ConfigError::new(
                 "peers",
                 format!("node {id} is listed twice"),
             ));
         }
+        let (addr, peer) = match addrs.split_once('/') {
+            Some((addr, peer)) => (addr.trim(), Some(peer.trim())),
+            None => (addrs.trim(), None),
+        };
+        for address in std::iter::once(addr).chain(peer) {
+            check_host_port("peers", address)?;
+            if let Some(other) = taken.insert(address.to_string(), id) {
+                return Err(ConfigError::new(
+                    "peers",
+                    if other == id {
+                        format!(
+                            "node {id} lists {address} twice; its peer address must differ from its client address"
+                        )
+                    } else {
+                        format!(
+                            "nodes {other} and {id} share the address {address}; each node needs its own"
+                        )
+                    },
+                ));
+            }
+        }
+        peers.insert(id, RaftNode::with_peer(addr, peer.map(str::to_string)));
     }
     Ok(peers)
 }
@@ -215,22 +239,52 @@ pub fn check_host_port(setting: &'static str, text: &str) -> Result<(), ConfigEr
 }
 
 impl Config {
-    /// Check the settings against each other, given the address the gRPC listener is bound
-    /// to, and return this node's advertised address.
-    pub fn resolve_advertise(&self, bound: SocketAddr) -> Result<String, ConfigError> {
+    /// Check the settings against each other, given the addresses the gRPC listener and
+    /// the peer listener (when peer traffic has its own port) are bound to, and return this
+    /// node's membership record: its advertised client and peer addresses.
+    pub fn resolve_advertise(
+        &self,
+        bound: SocketAddr,
+        peer_bound: Option<SocketAddr>,
+    ) -> Result<RaftNode, ConfigError> {
         if self.node_id == 0 {
             return Err(ConfigError::new("node-id", "node ids start at 1"));
         }
+        let listed = self.peers.get(&self.node_id);
         let advertise = match &self.advertise {
             Some(a) => {
                 check_host_port("advertise", a)?;
                 a.clone()
             }
-            None => match self.peers.get(&self.node_id) {
-                Some(own) => own.clone(),
+            None => match listed {
+                Some(own) => own.addr.clone(),
                 None => bound.to_string(),
             },
         };
+        let peer_advertise = match (peer_bound, &self.peer_advertise) {
+            (None, Some(_)) => {
+                return Err(ConfigError::new(
+                    "peer-advertise",
+                    "needs --peer-listen: there is no peer port to advertise",
+                ));
+            }
+            (None, None) => None,
+            (Some(_), Some(a)) => {
+                check_host_port("peer-advertise", a)?;
+                Some(a.clone())
+            }
+            (Some(peer_bound), None) => Some(match listed.and_then(|n| n.peer_addr.clone()) {
+                Some(listed) => listed,
+                None => peer_bound.to_string(),
+            }),
+        };
+        if peer_advertise.as_deref() == Some(advertise.as_str()) {
+            return Err(ConfigError::new(
+                "peer-advertise",
+                format!("{advertise} is also the client address; the peer port must be another"),
+            ));
+        }
+        let me = RaftNode::with_peer(advertise, peer_advertise);
         if !self.join.is_empty() {
             if !self.peers.is_empty() {
                 return Err(ConfigError::new(
@@ -238,20 +292,26 @@ impl Config {
                     "cannot be combined with peers: use peers for a fixed initial membership, join to grow a cluster node by node",
                 ));
             }
-            let unspecified = advertise
-                .parse::<SocketAddr>()
-                .is_ok_and(|a| a.ip().is_unspecified());
-            if unspecified {
-                return Err(ConfigError::new(
-                    "advertise",
-                    format!(
-                        "{advertise} cannot be reached by peers; set --advertise to this node's name or address when using join"
-                    ),
-                ));
+            for (setting, address) in [
+                ("advertise", Some(&me.addr)),
+                ("peer-advertise", me.peer_addr.as_ref()),
+            ] {
+                let unspecified = address
+                    .and_then(|a| a.parse::<SocketAddr>().ok())
+                    .is_some_and(|a| a.ip().is_unspecified());
+                if unspecified {
+                    return Err(ConfigError::new(
+                        setting,
+                        format!(
+                            "{} cannot be reached by peers; set --{setting} to this node's name or address when using join",
+                            address.map_or("", String::as_str)
+                        ),
+                    ));
+                }
             }
         }
         if !self.peers.is_empty() {
-            match self.peers.get(&self.node_id) {
+            match listed {
                 None => {
                     return Err(ConfigError::new(
                         "peers",
@@ -261,11 +321,22 @@ impl Config {
                         ),
                     ));
                 }
-                Some(own) if *own != advertise => {
+                Some(own) if own.addr != me.addr => {
                     return Err(ConfigError::new(
                         "advertise",
                         format!(
-                            "{advertise} differs from this node's entry in peers ({own}); they must match"
+                            "{} differs from this node's entry in peers ({}); they must match",
+                            me.addr, own.addr
+                        ),
+                    ));
+                }
+                Some(own) if own.peer_addr != me.peer_addr => {
+                    return Err(ConfigError::new(
+                        "peer-advertise",
+                        format!(
+                            "this node's peer address is {} but its entry in peers says {}; they must match (write ID=ADDRESS/PEER_ADDRESS for a node with --peer-listen)",
+                            me.peer_addr.as_deref().unwrap_or("the client address"),
+                            own.peer_addr.as_deref().unwrap_or("the client address"),
                         ),
                     ));
                 }
@@ -309,7 +380,7 @@ impl Config {
         if self.sweep_interval.is_zero() {
             return Err(ConfigError::new("sweep-interval", "must be more than 0"));
         }
-        Ok(advertise)
+        Ok(me)
     }
 
     /// openraft's configuration for these settings.
@@ -349,7 +420,7 @@ mod tests {
         let peers =
             parse_peers("1=127.0.0.1:7401, 2=affinity-1.affinity-peers:7400,3=[::1]:7403").unwrap();
         assert_eq!(peers.len(), 3);
-        assert_eq!(peers[&2], "affinity-1.affinity-peers:7400");
+        assert_eq!(peers[&2], RaftNode::new("affinity-1.affinity-peers:7400"));
         for bad in [
             "1",
             "x=a:1",
@@ -357,6 +428,10 @@ mod tests {
             "1=a",
             "1=a:0",
             "1=a:1,1=b:2",
+            "1=a:1/a:1",
+            "1=a:1/b",
+            "1=a:1/",
+            "1=a:1/b:1,2=b:1",
             "1=:80",
             "1=a b:80",
         ] {
@@ -369,21 +444,27 @@ mod tests {
     fn advertise_rules() {
         let bound: SocketAddr = "127.0.0.1:7400".parse().unwrap();
         let config = Config::default();
-        assert_eq!(config.resolve_advertise(bound).unwrap(), "127.0.0.1:7400");
+        assert_eq!(
+            config.resolve_advertise(bound, None).unwrap(),
+            RaftNode::new("127.0.0.1:7400")
+        );
 
         let config = Config {
             node_id: 2,
             peers: parse_peers("1=10.0.0.1:7400,2=10.0.0.2:7400").unwrap(),
             ..Config::default()
         };
-        assert_eq!(config.resolve_advertise(bound).unwrap(), "10.0.0.2:7400");
+        assert_eq!(
+            config.resolve_advertise(bound, None).unwrap(),
+            RaftNode::new("10.0.0.2:7400")
+        );
 
         let outsider = Config {
             node_id: 3,
             ..config.clone()
         };
         assert_eq!(
-            outsider.resolve_advertise(bound).unwrap_err().setting,
+            outsider.resolve_advertise(bound, None).unwrap_err().setting,
             "peers"
         );
 
@@ -392,8 +473,80 @@ mod tests {
             ..config
         };
         assert_eq!(
-            mismatch.resolve_advertise(bound).unwrap_err().setting,
+            mismatch.resolve_advertise(bound, None).unwrap_err().setting,
             "advertise"
+        );
+    }
+
+    #[test]
+    fn peer_port_rules() {
+        let peers = parse_peers("1=a:7400/a:7401, 2=b:7400/b:7401").unwrap();
+        assert_eq!(peers[&1].peer(), "a:7401");
+        assert_eq!(peers[&2].addr, "b:7400");
+        let bound: SocketAddr = "127.0.0.1:7400".parse().unwrap();
+        let peer_bound: SocketAddr = "127.0.0.1:7401".parse().unwrap();
+        let config = Config::default();
+        assert_eq!(
+            config.resolve_advertise(bound, Some(peer_bound)).unwrap(),
+            RaftNode::with_peer("127.0.0.1:7400", Some("127.0.0.1:7401".into()))
+        );
+        let listed = Config {
+            node_id: 2,
+            peers,
+            ..Config::default()
+        };
+        assert_eq!(
+            listed.resolve_advertise(bound, Some(peer_bound)).unwrap(),
+            RaftNode::with_peer("b:7400", Some("b:7401".into()))
+        );
+        // The peer list says node 2 has a peer port; the node has none.
+        assert_eq!(
+            listed.resolve_advertise(bound, None).unwrap_err().setting,
+            "peer-advertise"
+        );
+        let other = Config {
+            peer_advertise: Some("b:7999".into()),
+            ..listed.clone()
+        };
+        assert_eq!(
+            other
+                .resolve_advertise(bound, Some(peer_bound))
+                .unwrap_err()
+                .setting,
+            "peer-advertise"
+        );
+        let no_port = Config {
+            peer_advertise: Some("b:7401".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            no_port.resolve_advertise(bound, None).unwrap_err().setting,
+            "peer-advertise"
+        );
+        let same = Config {
+            advertise: Some("b:7400".into()),
+            peer_advertise: Some("b:7400".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            same.resolve_advertise(bound, Some(peer_bound))
+                .unwrap_err()
+                .setting,
+            "peer-advertise"
+        );
+        let joining = Config {
+            node_id: 2,
+            advertise: Some("affinity-1:7400".into()),
+            join: vec!["affinity-0:7401".into()],
+            ..Config::default()
+        };
+        let unspecified: SocketAddr = "0.0.0.0:7401".parse().unwrap();
+        assert_eq!(
+            joining
+                .resolve_advertise(bound, Some(unspecified))
+                .unwrap_err()
+                .setting,
+            "peer-advertise"
         );
     }
 
@@ -416,19 +569,25 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(
-            joining.resolve_advertise(bound).unwrap_err().setting,
+            joining.resolve_advertise(bound, None).unwrap_err().setting,
             "advertise"
         );
         let named = Config {
             advertise: Some("affinity-1:7400".into()),
             ..joining.clone()
         };
-        assert_eq!(named.resolve_advertise(bound).unwrap(), "affinity-1:7400");
+        assert_eq!(
+            named.resolve_advertise(bound, None).unwrap(),
+            RaftNode::new("affinity-1:7400")
+        );
         let both = Config {
             peers: parse_peers("2=affinity-1:7400").unwrap(),
             ..named
         };
-        assert_eq!(both.resolve_advertise(bound).unwrap_err().setting, "join");
+        assert_eq!(
+            both.resolve_advertise(bound, None).unwrap_err().setting,
+            "join"
+        );
     }
 
     #[test]
@@ -437,7 +596,7 @@ mod tests {
         let mut config = Config::default();
         config.raft.election_timeout = Duration::from_millis(150);
         assert_eq!(
-            config.resolve_advertise(bound).unwrap_err().setting,
+            config.resolve_advertise(bound, None).unwrap_err().setting,
             "raft-election-timeout"
         );
         assert!(Config::default().openraft().is_ok());
@@ -459,14 +618,14 @@ mod tests {
         for (setting, zero) in zeroed {
             let mut config = Config::default();
             zero(&mut config.limits);
-            let err = config.resolve_advertise(bound).unwrap_err();
+            let err = config.resolve_advertise(bound, None).unwrap_err();
             assert_eq!(err.setting, setting);
             assert_eq!(err.reason, "must be at least 1");
         }
         let mut config = Config::default();
         config.limits.max_leases_per_scope = 0;
         assert!(
-            config.resolve_advertise(bound).is_ok(),
+            config.resolve_advertise(bound, None).is_ok(),
             "0 turns the per-scope limit off"
         );
     }

@@ -41,7 +41,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 pub(crate) async fn bootstrap(
     node: &Node,
     config: &Config,
-    address: &str,
     peers: &Peers,
 ) -> Result<(), StartError> {
     if initialized(node).await? {
@@ -56,12 +55,7 @@ pub(crate) async fn bootstrap(
         return Ok(());
     }
     let members: BTreeMap<NodeId, RaftNode> = if config.peers.is_empty() {
-        BTreeMap::from([(
-            node.id(),
-            RaftNode {
-                addr: address.to_string(),
-            },
-        )])
+        BTreeMap::from([(node.id(), node.record().clone())])
     } else {
         if config.peers.keys().next() != Some(&node.id()) {
             tracing::info!(
@@ -69,13 +63,13 @@ pub(crate) async fn bootstrap(
             );
             return Ok(());
         }
-        let others: Vec<&String> = config
+        let others: Vec<String> = config
             .peers
             .iter()
             .filter(|(id, _)| **id != node.id())
-            .map(|(_, a)| a)
+            .map(|(_, n)| n.peer().to_string())
             .collect();
-        if let Some(found) = survey(peers, others.into_iter()).await.cluster() {
+        if let Some(found) = survey(peers, others.iter()).await.cluster() {
             tracing::warn!(
                 peer = found.node_id,
                 leader = found.leader_id,
@@ -83,11 +77,7 @@ pub(crate) async fn bootstrap(
             );
             return Ok(());
         }
-        config
-            .peers
-            .iter()
-            .map(|(id, addr)| (*id, RaftNode { addr: addr.clone() }))
-            .collect()
+        config.peers.clone()
     };
     form(node, members).await
 }
@@ -208,7 +198,9 @@ pub async fn run(node: Arc<Node>, targets: Vec<String>, peers: Peers, stop: Canc
 /// One attempt: find the cluster's leader, then take the next step toward being a voter.
 async fn attempt(node: &Node, targets: &[String], peers: &Peers) -> Result<Step, String> {
     let me = node.id();
-    let others = targets.iter().filter(|t| t.as_str() != node.address());
+    let others = targets
+        .iter()
+        .filter(|t| t.as_str() != node.address() && t.as_str() != node.record().peer());
     let survey = survey(peers, others).await;
     let Some(found) = survey.cluster() else {
         if initialized(node).await.map_err(|e| e.to_string())? {
@@ -233,12 +225,7 @@ async fn attempt(node: &Node, targets: &[String], peers: &Peers) -> Result<Step,
                 survey.silent.join(", ")
             )));
         }
-        let members = BTreeMap::from([(
-            me,
-            RaftNode {
-                addr: node.address().to_string(),
-            },
-        )]);
+        let members = BTreeMap::from([(me, node.record().clone())]);
         form(node, members).await.map_err(|e| e.to_string())?;
         return Ok(Step::Waiting("formed a new cluster".into()));
     };
@@ -252,7 +239,7 @@ async fn attempt(node: &Node, targets: &[String], peers: &Peers) -> Result<Step,
     let leader = if found.leader_id == me {
         node.status().to_pb()
     } else {
-        status(peers, &found.leader_address).await?
+        status(peers, leader_peer_address(found)).await?
     };
     if leader.role != "leader" {
         return Ok(Step::Waiting(format!(
@@ -262,19 +249,25 @@ async fn attempt(node: &Node, targets: &[String], peers: &Peers) -> Result<Step,
     }
     match leader.members.iter().find(|m| m.id == me) {
         Some(m) if m.voter => Ok(Step::Voter),
-        Some(m) if m.address != node.address() => Err(format!(
-            "the cluster knows node {me} at {}, but this node advertises {}; remove node {me} (`affinityctl members remove {me}`) or fix --advertise",
-            m.address,
-            node.address()
-        )),
+        Some(m)
+            if RaftNode::with_peer(m.address.clone(), Some(m.peer_address.clone()))
+                != *node.record() =>
+        {
+            Err(format!(
+                "the cluster knows node {me} at {}, but this node advertises {}; remove node {me} (`affinityctl members remove {me}`) or fix --advertise and --peer-advertise",
+                RaftNode::with_peer(m.address.clone(), Some(m.peer_address.clone())),
+                node.record()
+            ))
+        }
         Some(_) => promote(node, peers, &leader).await,
         None => {
-            let mut client = cluster_client(peers, &leader.address)?;
+            let mut client = cluster_client(peers, own_peer_address(&leader))?;
             client
                 .add_learner(request(pb::AddLearnerRequest {
                     node_id: me,
                     address: node.address().to_string(),
                     blocking: false,
+                    peer_address: node.record().peer_addr.clone().unwrap_or_default(),
                 }))
                 .await
                 .map_err(|s| format!("adding this node as a learner: {}", s.message()))?;
@@ -294,7 +287,7 @@ async fn promote(node: &Node, peers: &Peers, leader: &pb::StatusResponse) -> Res
             own.applied_index, leader.commit_index
         )));
     }
-    let mut client = cluster_client(peers, &leader.address)?;
+    let mut client = cluster_client(peers, own_peer_address(leader))?;
     client
         .change_membership(request(pb::ChangeMembershipRequest {
             add_voters: vec![node.id()],
@@ -304,6 +297,24 @@ async fn promote(node: &Node, peers: &Peers, leader: &pb::StatusResponse) -> Res
         .await
         .map_err(|s| format!("becoming a voter: {}", s.message()))?;
     Ok(Step::Voter)
+}
+
+/// Where peers reach the leader a status answer names.
+fn leader_peer_address(status: &pb::StatusResponse) -> &str {
+    if status.leader_peer_address.is_empty() {
+        &status.leader_address
+    } else {
+        &status.leader_peer_address
+    }
+}
+
+/// Where peers reach the node that gave a status answer.
+fn own_peer_address(status: &pb::StatusResponse) -> &str {
+    if status.peer_address.is_empty() {
+        &status.address
+    } else {
+        &status.peer_address
+    }
 }
 
 /// The node id a StatefulSet pod gets from its hostname: ordinal + 1 (`affinity-0` is 1).

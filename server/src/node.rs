@@ -81,12 +81,12 @@ impl Budget {
 pub struct NodeStatus {
     /// This node.
     pub id: NodeId,
-    /// Its advertised address.
-    pub address: String,
+    /// Its advertised addresses.
+    pub me: RaftNode,
     /// leader, follower, candidate, learner or shutdown.
     pub role: &'static str,
-    /// The leader, when known.
-    pub leader: Option<(NodeId, Option<String>)>,
+    /// The leader, when known, with its record.
+    pub leader: Option<(NodeId, Option<RaftNode>)>,
     /// Current term.
     pub term: u64,
     /// Last log index.
@@ -97,8 +97,8 @@ pub struct NodeStatus {
     pub applied_index: u64,
     /// Index covered by the newest snapshot.
     pub snapshot_index: u64,
-    /// Members: id -> (address, voter).
-    pub members: BTreeMap<NodeId, (String, bool)>,
+    /// Members: id -> (record, voter).
+    pub members: BTreeMap<NodeId, (RaftNode, bool)>,
     /// Leases held by this replica.
     pub lease_count: u64,
 }
@@ -116,22 +116,31 @@ impl NodeStatus {
             members: self
                 .members
                 .iter()
-                .map(|(id, (address, voter))| pb::Member {
+                .map(|(id, (node, voter))| pb::Member {
                     id: *id,
-                    address: address.clone(),
+                    address: node.addr.clone(),
                     voter: *voter,
+                    peer_address: node.peer_addr.clone().unwrap_or_default(),
                 })
                 .collect(),
             lease_count: self.lease_count,
             leader_address: self
                 .leader
                 .as_ref()
-                .and_then(|(_, a)| a.clone())
+                .and_then(|(_, n)| n.as_ref())
+                .map(|n| n.addr.clone())
+                .unwrap_or_default(),
+            leader_peer_address: self
+                .leader
+                .as_ref()
+                .and_then(|(_, n)| n.as_ref())
+                .and_then(|n| n.peer_addr.clone())
                 .unwrap_or_default(),
             last_log_index: self.last_log_index,
             snapshot_index: self.snapshot_index,
             version: env!("CARGO_PKG_VERSION").to_string(),
-            address: self.address.clone(),
+            address: self.me.addr.clone(),
+            peer_address: self.me.peer_addr.clone().unwrap_or_default(),
         }
     }
 }
@@ -152,7 +161,7 @@ pub enum VoterChange {
 /// A running node.
 pub struct Node {
     id: NodeId,
-    address: String,
+    me: RaftNode,
     raft: Raft,
     state: StateMachineStore,
     flusher: store::Flusher,
@@ -217,7 +226,7 @@ impl Node {
     /// Open the data directory, start Raft and, on first start, form the cluster.
     pub async fn start(
         config: &Config,
-        address: String,
+        me: RaftNode,
         peers: Peers,
     ) -> Result<Arc<Node>, StartError> {
         let raft_config = Arc::new(config.openraft()?);
@@ -251,7 +260,7 @@ impl Node {
         );
         let node = Node {
             id: config.node_id,
-            address: address.clone(),
+            me,
             raft,
             state: storage.state.clone(),
             flusher: storage.flusher.clone(),
@@ -263,7 +272,7 @@ impl Node {
             watch_slots: Arc::new(Semaphore::new(config.limits.max_watchers)),
             stamps,
         };
-        crate::join::bootstrap(&node, config, &address, &peers).await?;
+        crate::join::bootstrap(&node, config, &peers).await?;
         Ok(Arc::new(node))
     }
 
@@ -332,9 +341,14 @@ impl Node {
         self.id
     }
 
-    /// This node's advertised address.
+    /// This node's advertised client address.
     pub fn address(&self) -> &str {
-        &self.address
+        &self.me.addr
+    }
+
+    /// This node's membership record: client and peer addresses.
+    pub fn record(&self) -> &RaftNode {
+        &self.me
     }
 
     /// The Raft handle.
@@ -362,17 +376,21 @@ impl Node {
         self.proposal_timeout
     }
 
-    /// The leader this node knows of, with its address.
+    /// The leader this node knows of, with its client address.
     pub fn leader(&self) -> Option<(NodeId, Option<String>)> {
-        let receiver = self.raft.metrics();
-        let metrics = receiver.borrow_watched();
-        let leader = metrics.current_leader?;
-        let address = metrics
+        let leader = self.raft.metrics().borrow_watched().current_leader?;
+        Some((leader, self.member(leader).map(|n| n.addr)))
+    }
+
+    /// The record of member `id` in the membership this node knows.
+    pub fn member(&self, id: NodeId) -> Option<RaftNode> {
+        self.raft
+            .metrics()
+            .borrow_watched()
             .membership_config
             .membership()
-            .get_node(&leader)
-            .map(|n| n.addr.clone());
-        Some((leader, address))
+            .get_node(&id)
+            .cloned()
     }
 
     /// Whether this node believes it is the leader.
@@ -386,21 +404,23 @@ impl Node {
             return Ok(());
         }
         let (id, address) = self.leader().unzip();
-        Err(self.not_leader(id, address.flatten().map(|addr| RaftNode { addr })))
+        Err(self.not_leader(id, address.flatten().map(RaftNode::new)))
     }
 
     fn not_leader(&self, leader_id: Option<NodeId>, node: Option<RaftNode>) -> ServiceError {
-        let leader_address = node.map(|n| n.addr).or_else(|| {
-            leader_id.and_then(|id| {
-                self.raft
-                    .metrics()
-                    .borrow_watched()
-                    .membership_config
-                    .membership()
-                    .get_node(&id)
-                    .map(|n| n.addr.clone())
-            })
+        // Raft names no leader to a learner (or a node) whose view of the vote is not yet
+        // committed, though its metrics may already know the leader: name that one, so the
+        // call is forwarded rather than failed.
+        let leader_id = leader_id.or_else(|| {
+            self.raft
+                .metrics()
+                .borrow_watched()
+                .current_leader
+                .filter(|id| *id != self.id)
         });
+        let leader_address = node
+            .map(|n| n.addr)
+            .or_else(|| leader_id.and_then(|id| self.member(id)).map(|n| n.addr));
         ServiceError::NotLeader {
             leader_id,
             leader_address,
@@ -525,7 +545,7 @@ impl Node {
     pub async fn add_learner(
         &self,
         id: NodeId,
-        address: String,
+        node: RaftNode,
         blocking: bool,
         budget: Budget,
     ) -> Result<u64, ServiceError> {
@@ -534,13 +554,19 @@ impl Node {
                 affinity_proto::ValidationError::new("node_id", "node ids start at 1").into(),
             );
         }
-        crate::config::check_host_port("address", &address).map_err(|e| {
+        crate::config::check_host_port("address", &node.addr).map_err(|e| {
             ServiceError::Invalid(affinity_proto::ValidationError::new("address", e.reason))
         })?;
+        if let Some(peer) = &node.peer_addr {
+            crate::config::check_host_port("peer_address", peer).map_err(|e| {
+                ServiceError::Invalid(affinity_proto::ValidationError::new(
+                    "peer_address",
+                    e.reason,
+                ))
+            })?;
+        }
         self.require_leader()?;
-        let added = self
-            .raft
-            .add_learner(id, RaftNode { addr: address }, blocking);
+        let added = self.raft.add_learner(id, node, blocking);
         match tokio::time::timeout_at(budget.until, added).await {
             Err(_) => Err(budget.expired("adding the learner")),
             Ok(Ok(resp)) => Ok(resp.log_id.index()),
@@ -705,14 +731,14 @@ impl Node {
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
         let members = membership
             .nodes()
-            .map(|(id, node)| (*id, (node.addr.clone(), voters.contains(id))))
+            .map(|(id, node)| (*id, (node.clone(), voters.contains(id))))
             .collect();
         let leader = m
             .current_leader
-            .map(|id| (id, membership.get_node(&id).map(|n| n.addr.clone())));
+            .map(|id| (id, membership.get_node(&id).cloned()));
         NodeStatus {
             id: self.id,
-            address: self.address.clone(),
+            me: self.me.clone(),
             role,
             leader,
             term: m.current_term,

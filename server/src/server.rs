@@ -34,8 +34,11 @@ use crate::sm::{Op, Outcome};
 
 /// Sockets a node serves on, bound by the caller (port 0 works).
 pub struct Listeners {
-    /// Every gRPC service: clients, operators and peers.
+    /// The gRPC services of clients and operators, and of peers too unless `peer` is given.
     pub grpc: TcpListener,
+    /// Peer traffic on a port of its own (`--peer-listen`): Raft, forwarded calls and joins.
+    /// The client port then serves no Raft service.
+    pub peer: Option<TcpListener>,
     /// `/metrics`, `/healthz`, `/readyz`; `None` to serve none.
     pub metrics: Option<TcpListener>,
 }
@@ -82,11 +85,19 @@ async fn serve(
         .map_err(|e| RunError::Serve(format!("gRPC listener: {e}")))?;
     let metrics_addr: Option<SocketAddr> =
         listeners.metrics.as_ref().and_then(|l| l.local_addr().ok());
-    let advertise = config.resolve_advertise(bound)?;
+    let peer_bound = match &listeners.peer {
+        Some(l) => Some(
+            l.local_addr()
+                .map_err(|e| RunError::Serve(format!("peer listener: {e}")))?,
+        ),
+        None => None,
+    };
+    let advertise = config.resolve_advertise(bound, peer_bound)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         node_id = config.node_id,
         listen = %bound,
+        peer_listen = %peer_bound.map_or_else(|| "the client port".to_string(), |a| a.to_string()),
         advertise = %advertise,
         metrics = %metrics_addr.map_or_else(|| "off".to_string(), |a| a.to_string()),
         data_dir = %config.data_dir.display(),
@@ -97,20 +108,33 @@ async fn serve(
 
     let authz = match &config.authz {
         Some(path) => Some(Arc::new(
-            crate::authz::Authz::load(path).map_err(|e| RunError::Serve(format!("invalid {e}")))?,
+            crate::authz::Reloading::load(path)
+                .map_err(|e| RunError::Serve(format!("invalid {e}")))?,
         )),
         None => None,
     };
-    let tls = match &config.tls {
-        Some(files) => Some(
-            crate::tls::Server::new(files).map_err(|e| RunError::Serve(format!("invalid {e}")))?,
-        ),
-        None => None,
+    // With a peer port, each port trusts only its own CA; otherwise the one port trusts both.
+    let tls_for = |side| match &config.tls {
+        Some(files) => crate::tls::Server::new(files, side)
+            .map(Some)
+            .map_err(|e| RunError::Serve(format!("invalid {e}"))),
+        None => Ok(None),
+    };
+    let (tls, peer_tls) = if peer_bound.is_some() {
+        (
+            tls_for(crate::tls::Side::Clients)?,
+            tls_for(crate::tls::Side::Peers)?,
+        )
+    } else {
+        (tls_for(crate::tls::Side::Both)?, None)
     };
     let peers = Peers::new(Duration::from_secs(2), config.tls.clone());
     let node = Node::start(&config, advertise, peers.clone()).await?;
-    // Checks on every call, cheapest first: the connection's rate, then its role.
+    // Checks on every call, cheapest first: the connection's rate, then its role. A peer
+    // port checks roles only: a follower forwards all its clients' writes on one
+    // connection.
     let mut gates: Vec<Arc<dyn crate::gate::Gate>> = Vec::new();
+    let mut peer_gates: Vec<Arc<dyn crate::gate::Gate>> = Vec::new();
     let rate = config.limits.max_calls_per_connection_per_second;
     if rate > 0 {
         gates.push(Arc::new(crate::ratelimit::Limiter::new(
@@ -118,8 +142,9 @@ async fn serve(
             Arc::clone(&node.refusals().rate),
         )));
     }
-    if let Some(authz) = authz {
-        gates.push(authz);
+    if let Some(authz) = &authz {
+        gates.push(authz.clone());
+        peer_gates.push(authz.clone());
     }
     let stopping = CancellationToken::new();
     let metrics = Metrics::new(Arc::clone(&node));
@@ -139,12 +164,7 @@ async fn serve(
         .map_err(|e| RunError::Serve(format!("reflection: {e}")))?;
 
     let server_stop = CancellationToken::new();
-    let grpc = Server::builder()
-        .tcp_nodelay(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .max_concurrent_streams(config.limits.max_streams_per_connection)
-        .layer(crate::gate::GateLayer::new(gates))
+    let routes = tonic::service::Routes::default()
         .add_service(
             pb::affinity_server::AffinityServer::new(AffinityService::new(Arc::clone(&ctx)))
                 .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
@@ -155,33 +175,58 @@ async fn serve(
                 .max_decoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(CLIENT_MAX_MESSAGE_BYTES),
         )
-        .add_service(
-            pb::raft_server::RaftServer::new(PeerService::new(Arc::clone(&node)))
-                .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES),
-        )
         .add_service(health_service)
         .add_service(reflection);
-    let grpc: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> =
-        match tls {
-            Some(tls) => Box::pin(grpc.serve_with_incoming_shutdown(
-                tls.incoming(listeners.grpc, server_stop.clone()),
-                server_stop.clone().cancelled_owned(),
-            )),
-            None => Box::pin(
-                grpc.serve_with_incoming_shutdown(
-                    // Small answers must not wait for delayed ACKs (Nagle): no-delay on every
-                    // socket.
-                    TcpIncoming::from(listeners.grpc)
-                        .with_nodelay(Some(true))
-                        .with_keepalive(Some(Duration::from_secs(60))),
-                    server_stop.clone().cancelled_owned(),
-                ),
-            ),
-        };
+    let raft_service = pb::raft_server::RaftServer::new(PeerService::new(Arc::clone(&node)))
+        .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES);
+    let mut peer_task = None;
+    let client_routes = match listeners.peer {
+        Some(peer_listener) => {
+            let peer_routes = routes.clone().add_service(raft_service);
+            let served = serve_grpc(
+                &config,
+                peer_routes,
+                peer_gates,
+                peer_tls,
+                peer_listener,
+                &server_stop,
+            );
+            peer_task = Some(tokio::spawn(served.in_current_span()));
+            routes
+        }
+        None => routes.add_service(raft_service),
+    };
+    let grpc = serve_grpc(
+        &config,
+        client_routes,
+        gates,
+        tls,
+        listeners.grpc,
+        &server_stop,
+    );
     let mut grpc_task = tokio::spawn(grpc.in_current_span());
+    let peer_stopped = async {
+        match &mut peer_task {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
 
     let mut tasks = tokio::task::JoinSet::new();
+    if let (Some(authz), Some(tls)) = (authz, &config.tls) {
+        tasks.spawn(
+            authz
+                .follow(tls.reload_interval, stopping.clone())
+                .in_current_span(),
+        );
+    }
+    tasks.spawn(
+        ctx.peers
+            .clone()
+            .follow_tls_files(stopping.clone())
+            .in_current_span(),
+    );
     tasks
         .spawn(sweep(Arc::clone(&node), config.sweep_interval, stopping.clone()).in_current_span());
     tasks.spawn(
@@ -214,13 +259,19 @@ async fn serve(
         );
     }
 
+    let stopped_by_itself =
+        |port: &str,
+         joined: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>| {
+            RunError::Serve(match joined {
+                Ok(Ok(())) => format!("the {port} gRPC server stopped by itself"),
+                Ok(Err(e)) => format!("{port} port: {e}"),
+                Err(e) => format!("{port} port: {e}"),
+            })
+        };
     let served = tokio::select! {
         () = shutdown => Ok(()),
-        joined = &mut grpc_task => Err(match joined {
-            Ok(Ok(())) => RunError::Serve("the gRPC server stopped by itself".into()),
-            Ok(Err(e)) => RunError::Serve(e.to_string()),
-            Err(e) => RunError::Serve(e.to_string()),
-        }),
+        joined = &mut grpc_task => Err(stopped_by_itself("client", joined)),
+        joined = peer_stopped => Err(stopped_by_itself("peer", joined)),
     };
 
     tracing::info!("stopping");
@@ -245,10 +296,53 @@ async fn serve(
     {
         grpc_task.abort();
     }
+    if let Some(mut task) = peer_task
+        && tokio::time::timeout(Duration::from_secs(2), &mut task)
+            .await
+            .is_err()
+    {
+        task.abort();
+    }
     while tasks.join_next().await.is_some() {}
     drop(ctx);
     tracing::info!("stopped");
     served
+}
+
+type Serving = std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
+
+/// Serve `routes` on `listener` (over TLS when given) until `stop`, behind `gates`.
+fn serve_grpc(
+    config: &Config,
+    routes: tonic::service::Routes,
+    gates: Vec<Arc<dyn crate::gate::Gate>>,
+    tls: Option<crate::tls::Server>,
+    listener: TcpListener,
+    stop: &CancellationToken,
+) -> Serving {
+    let grpc = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(config.limits.max_streams_per_connection)
+        .layer(crate::gate::GateLayer::new(gates))
+        .add_routes(routes);
+    match tls {
+        Some(tls) => Box::pin(grpc.serve_with_incoming_shutdown(
+            tls.incoming(listener, stop.clone()),
+            stop.clone().cancelled_owned(),
+        )),
+        None => Box::pin(
+            grpc.serve_with_incoming_shutdown(
+                // Small answers must not wait for delayed ACKs (Nagle): no-delay on every
+                // socket.
+                TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(Duration::from_secs(60))),
+                stop.clone().cancelled_owned(),
+            ),
+        ),
+    }
 }
 
 async fn set_health(reporter: &HealthReporter, serving: bool) {

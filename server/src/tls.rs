@@ -1,15 +1,19 @@
-//! TLS on the gRPC port, and on the connections this node opens to its peers.
+//! TLS on the gRPC ports, and on the connections this node opens to its peers.
 //!
-//! Serving: the node's certificate and key are read from PEM files and read again whenever
-//! their content changes (cert-manager rotates them in place), checked every
-//! `reload_interval`; a pair that does not load is logged and the pair in force stays. When
-//! a client CA or a peer CA is given, every connection must present a certificate signed by
-//! one of them (mutual TLS); the CA files are read at start. Handshakes run concurrently,
-//! each bounded by [`HANDSHAKE_TIMEOUT`], so a client that stalls holds nothing else up.
+//! Serving: the node's certificate and key, and the CAs it trusts for client
+//! certificates, are read from PEM files and read again whenever any of them changes
+//! (cert-manager rotates them in place), checked every `reload_interval`; files that do not
+//! load are logged and the configuration in force stays. When a client CA or a peer CA is
+//! given, every connection must present a certificate signed by one of them (mutual TLS). A
+//! node that serves peers on a port of their own trusts only the client CA on its client
+//! port and only the peer CA (or the client CA when there is no peer CA) on its peer port
+//! ([`Side`]). Handshakes run concurrently, each bounded by [`HANDSHAKE_TIMEOUT`], so a
+//! client that stalls holds nothing else up.
 //!
 //! Dialing peers: with TLS on, peer channels use `https`, verify the peer's certificate
 //! against the peer CA (or the client CA when no peer CA is given) for the host of its
-//! address, and present this node's certificate, as read when the connection is made.
+//! address, and present this node's certificate, as read when the channel is made; when
+//! the files change, new channels are made ([`crate::network::Peers`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -139,81 +143,67 @@ fn roots(setting: &'static str, path: &Path, into: &mut RootCertStore) -> Result
     Ok(())
 }
 
-/// The certificate in force, replaced when its files change.
-#[derive(Debug)]
-pub struct Reloading {
-    current: ArcSwap<CertifiedKey>,
+/// Which callers a TLS listener serves, and so which CAs it trusts for client certificates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Clients and peers on one port: the client CA and the peer CA.
+    Both,
+    /// Clients only (the node has a peer port): the client CA.
+    Clients,
+    /// Peers only (`--peer-listen`): the peer CA, or the client CA when none is given.
+    Peers,
 }
 
-impl ResolvesServerCert for Reloading {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.current.load_full())
-    }
-}
-
-/// What serves TLS: the acceptor and its reloading certificate.
+/// What serves TLS on one listener: the server configuration in force (certificate, key
+/// and trusted CAs), replaced whenever one of its files changes.
 pub struct Server {
-    acceptor: TlsAcceptor,
-    certificate: Arc<Reloading>,
+    current: Arc<ArcSwap<ServerConfig>>,
     config: TlsConfig,
+    side: Side,
 }
 
 impl Server {
-    /// Load the files of `config`. Errors name the setting and the file.
-    pub fn new(config: &TlsConfig) -> Result<Server, TlsError> {
-        let certificate = Arc::new(Reloading {
-            current: ArcSwap::from_pointee(load_pair(&config.cert, &config.key)?),
-        });
-        let mut client_roots = RootCertStore::empty();
-        if let Some(ca) = &config.client_ca {
-            roots("tls-client-ca", ca, &mut client_roots)?;
-        }
-        if let Some(ca) = &config.peer_ca {
-            roots("tls-peer-ca", ca, &mut client_roots)?;
-        }
-        let builder = ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError {
-                setting: "tls-cert",
-                path: config.cert.clone(),
-                reason: e.to_string(),
-            })?;
-        let builder = if client_roots.is_empty() {
-            builder.with_no_client_auth()
-        } else {
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider())
-                    .build()
-                    .map_err(|e| TlsError {
-                        setting: "tls-client-ca",
-                        path: config.client_ca.clone().unwrap_or_default(),
-                        reason: e.to_string(),
-                    })?;
-            builder.with_client_cert_verifier(verifier)
-        };
-        let mut server = builder.with_cert_resolver(certificate.clone());
-        server.alpn_protocols = vec![b"h2".to_vec()];
+    /// Load the files of `config` for a listener serving `side`. Errors name the setting
+    /// and the file.
+    pub fn new(config: &TlsConfig, side: Side) -> Result<Server, TlsError> {
         Ok(Server {
-            acceptor: TlsAcceptor::from(Arc::new(server)),
-            certificate,
+            current: Arc::new(ArcSwap::from(server_config(config, side)?)),
             config: config.clone(),
+            side,
         })
     }
 
     /// Accept connections on `listener` until `stop`, and yield each once its handshake
-    /// completes. Also keeps the certificate current.
+    /// completes. Also keeps the configuration current.
     pub fn incoming(
         self,
         listener: TcpListener,
         stop: CancellationToken,
     ) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
         let (ready, stream) = mpsc::channel(64);
-        tokio::spawn(reload(
-            self.certificate.clone(),
-            self.config.clone(),
-            stop.clone(),
-        ));
-        let acceptor = self.acceptor;
+        let current = self.current;
+        tokio::spawn({
+            let current = Arc::clone(&current);
+            let (config, side) = (self.config.clone(), self.side);
+            on_change(
+                files(&config, side),
+                config.reload_interval,
+                stop.clone(),
+                move || match server_config(&config, side) {
+                    Ok(fresh) => {
+                        current.store(fresh);
+                        tracing::info!(cert = %config.cert.display(), ?side, "TLS certificate, key and CAs reloaded");
+                        true
+                    }
+                    Err(e) => {
+                        // A rotation writes the files one after the other: try again on
+                        // the next check.
+                        tracing::warn!(error = %e, "TLS files not reloaded; keeping those in force");
+                        false
+                    }
+                },
+            )
+        });
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -229,7 +219,7 @@ impl Server {
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let acceptor = acceptor.clone();
+                let acceptor = TlsAcceptor::from(current.load_full());
                 let ready = ready.clone();
                 tokio::spawn(async move {
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
@@ -248,36 +238,104 @@ impl Server {
     }
 }
 
-async fn reload(certificate: Arc<Reloading>, config: TlsConfig, stop: CancellationToken) {
-    let contents = |config: &TlsConfig| (std::fs::read(&config.cert), std::fs::read(&config.key));
-    let (mut cert, mut key) = match contents(&config) {
-        (Ok(c), Ok(k)) => (c, k),
-        _ => (Vec::new(), Vec::new()),
+/// The CA files a listener serving `side` trusts for client certificates, by setting.
+fn trusted(config: &TlsConfig, side: Side) -> Vec<(&'static str, &PathBuf)> {
+    let client_ca = config.client_ca.as_ref().map(|ca| ("tls-client-ca", ca));
+    let peer_ca = config.peer_ca.as_ref().map(|ca| ("tls-peer-ca", ca));
+    match side {
+        Side::Both => vec![client_ca, peer_ca],
+        Side::Clients => vec![client_ca],
+        Side::Peers => vec![peer_ca.or(client_ca)],
+    }
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Every file a listener serving `side` reads.
+fn files(config: &TlsConfig, side: Side) -> Vec<PathBuf> {
+    let mut files = vec![config.cert.clone(), config.key.clone()];
+    files.extend(trusted(config, side).into_iter().map(|(_, p)| p.clone()));
+    files
+}
+
+/// Every TLS file a node reads, serving or dialing peers: what [`crate::network::Peers`]
+/// watches to dial with current files.
+pub fn all_files(config: &TlsConfig) -> Vec<PathBuf> {
+    files(config, Side::Both)
+}
+
+/// The server configuration from the files, for a listener serving `side`.
+fn server_config(config: &TlsConfig, side: Side) -> Result<Arc<ServerConfig>, TlsError> {
+    let pair = Arc::new(load_pair(&config.cert, &config.key)?);
+    let mut client_roots = RootCertStore::empty();
+    for (setting, ca) in trusted(config, side) {
+        roots(setting, ca, &mut client_roots)?;
+    }
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError {
+            setting: "tls-cert",
+            path: config.cert.clone(),
+            reason: e.to_string(),
+        })?;
+    let builder = if client_roots.is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let verifier =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(client_roots), provider())
+                .build()
+                .map_err(|e| TlsError {
+                    setting: "tls-client-ca",
+                    path: config.client_ca.clone().unwrap_or_default(),
+                    reason: e.to_string(),
+                })?;
+        builder.with_client_cert_verifier(verifier)
     };
-    let mut tick = tokio::time::interval(config.reload_interval);
+    let mut server = builder.with_cert_resolver(Arc::new(Fixed(pair)));
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(server))
+}
+
+/// One certificate for every handshake of a server configuration.
+#[derive(Debug)]
+struct Fixed(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Fixed {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.0))
+    }
+}
+
+/// Run `changed` whenever the contents of `paths` differ from those last taken, checked
+/// every `interval`, until `stop`. `changed` says whether it took them; if not (say, one
+/// file of a pair written and not yet the other), it runs again on the next check. Files
+/// that cannot be read are left for the next check.
+pub async fn on_change(
+    paths: Vec<PathBuf>,
+    interval: Duration,
+    stop: CancellationToken,
+    mut changed: impl FnMut() -> bool + Send,
+) {
+    let read = |paths: &[PathBuf]| -> Option<Vec<Vec<u8>>> {
+        paths.iter().map(|p| std::fs::read(p).ok()).collect()
+    };
+    let mut taken = read(&paths);
+    let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let (Ok(new_cert), Ok(new_key)) = contents(&config) else {
+        let Some(now) = read(&paths) else {
             continue;
         };
-        if new_cert == cert && new_key == key {
+        if taken.as_ref() == Some(&now) {
             continue;
         }
-        match load_pair(&config.cert, &config.key) {
-            Ok(pair) => {
-                certificate.current.store(Arc::new(pair));
-                tracing::info!(cert = %config.cert.display(), "TLS certificate reloaded");
-                cert = new_cert;
-                key = new_key;
-            }
-            Err(e) => {
-                // A rotation writes the two files one after the other: try again next tick.
-                tracing::warn!(error = %e, "TLS certificate not reloaded; keeping the one in force");
-            }
+        if changed() {
+            taken = Some(now);
         }
     }
 }

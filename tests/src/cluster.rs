@@ -46,6 +46,8 @@ pub struct ClusterOptions {
     /// How the harness's own channels reach nodes that serve TLS: the CA (PEM) and a client
     /// certificate and key (PEM). Plaintext when `None`.
     pub client_tls: Option<ClientTlsFiles>,
+    /// Give every node a peer port of its own (`--peer-listen`).
+    pub peer_ports: bool,
 }
 
 /// PEM contents for TLS channels to the nodes.
@@ -72,6 +74,7 @@ impl Default for ClusterOptions {
             extra_env: Vec::new(),
             data_parent: None,
             client_tls: None,
+            peer_ports: false,
         }
     }
 }
@@ -79,6 +82,7 @@ impl Default for ClusterOptions {
 /// One node process.
 struct NodeProc {
     grpc: SocketAddr,
+    peer: Option<SocketAddr>,
     metrics: SocketAddr,
     data_dir: PathBuf,
     log: PathBuf,
@@ -92,7 +96,7 @@ pub struct Cluster {
     options: ClusterOptions,
     nodes: BTreeMap<u64, NodeProc>,
     /// The static membership given to nodes started with `--peers`.
-    initial_peers: BTreeMap<u64, SocketAddr>,
+    initial_peers: BTreeMap<u64, (SocketAddr, Option<SocketAddr>)>,
 }
 
 /// A free loopback port for a process this test starts: bound, released, then bound again
@@ -129,11 +133,12 @@ impl Cluster {
             initial_peers: BTreeMap::new(),
         };
         for id in 1..=options.nodes {
-            cluster.initial_peers.insert(id, reserve_port());
+            let peer = options.peer_ports.then(reserve_port);
+            cluster.initial_peers.insert(id, (reserve_port(), peer));
         }
         for id in 1..=options.nodes {
-            let grpc = cluster.initial_peers[&id];
-            cluster.add_proc(id, grpc);
+            let (grpc, peer) = cluster.initial_peers[&id];
+            cluster.add_proc(id, grpc, peer);
             cluster.spawn(id);
         }
         let all: Vec<u64> = (1..=options.nodes).collect();
@@ -148,7 +153,7 @@ impl Cluster {
             .path()
     }
 
-    fn add_proc(&mut self, id: u64, grpc: SocketAddr) {
+    fn add_proc(&mut self, id: u64, grpc: SocketAddr, peer: Option<SocketAddr>) {
         let data_dir = self
             .options
             .data_parent
@@ -160,6 +165,7 @@ impl Cluster {
             id,
             NodeProc {
                 grpc,
+                peer,
                 metrics: reserve_port(),
                 data_dir,
                 log,
@@ -168,14 +174,17 @@ impl Cluster {
         );
     }
 
-    fn peers_arg(&self, extra: Option<(u64, SocketAddr)>) -> String {
+    fn peers_arg(&self, extra: Option<(u64, (SocketAddr, Option<SocketAddr>))>) -> String {
         let mut peers = self.initial_peers.clone();
-        if let Some((id, addr)) = extra {
-            peers.insert(id, addr);
+        if let Some((id, addrs)) = extra {
+            peers.insert(id, addrs);
         }
         peers
             .iter()
-            .map(|(id, addr)| format!("{id}={addr}"))
+            .map(|(id, (addr, peer))| match peer {
+                Some(peer) => format!("{id}={addr}/{peer}"),
+                None => format!("{id}={addr}"),
+            })
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -185,8 +194,8 @@ impl Cluster {
         let peers = if self.initial_peers.contains_key(&id) {
             self.peers_arg(None)
         } else {
-            let grpc = self.nodes[&id].grpc;
-            self.peers_arg(Some((id, grpc)))
+            let node = &self.nodes[&id];
+            self.peers_arg(Some((id, (node.grpc, node.peer))))
         };
         let options = self.options.clone();
         let node = self.nodes.get_mut(&id).expect("known node");
@@ -209,6 +218,11 @@ impl Cluster {
             .arg(&node.data_dir)
             .arg("--peers")
             .arg(peers)
+            .args(
+                node.peer
+                    .iter()
+                    .flat_map(|peer| ["--peer-listen".to_string(), peer.to_string()]),
+            )
             .args(["--raft-heartbeat", options.heartbeat])
             .args(["--raft-election-timeout", options.election_timeout])
             .args(["--sweep-interval", options.sweep_interval])
@@ -229,7 +243,8 @@ impl Cluster {
     /// Add a node that is not in the initial membership and start it (it waits to be added).
     pub fn start_joiner(&mut self, id: u64) {
         let grpc = reserve_port();
-        self.add_proc(id, grpc);
+        let peer = self.options.peer_ports.then(reserve_port);
+        self.add_proc(id, grpc, peer);
         self.spawn(id);
     }
 
@@ -301,6 +316,11 @@ impl Cluster {
     /// The gRPC address of node `id`.
     pub fn addr(&self, id: u64) -> SocketAddr {
         self.nodes[&id].grpc
+    }
+
+    /// The peer address of node `id`, when it has a peer port.
+    pub fn peer_addr(&self, id: u64) -> Option<SocketAddr> {
+        self.nodes[&id].peer
     }
 
     /// The metrics address of node `id`.

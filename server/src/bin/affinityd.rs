@@ -84,23 +84,34 @@ struct NodeArgs {
     /// This node's id (1 or more). [default: 1]
     #[arg(long, global = true, env = "AFFINITY_NODE_ID")]
     node_id: Option<u64>,
-    /// Address to serve every gRPC service on. [default: 127.0.0.1:7400]
+    /// Address to serve every gRPC service on (peers' too, unless --peer-listen is given).
+    /// [default: 127.0.0.1:7400]
     #[arg(long, global = true, env = "AFFINITY_LISTEN")]
     listen: Option<String>,
     /// Address other nodes and clients reach this node at. [default: the listen address]
     #[arg(long, global = true, env = "AFFINITY_ADVERTISE")]
     advertise: Option<String>,
+    /// Serve peer traffic (Raft, forwarded calls, joins) on this address instead of the
+    /// client port, so that a NetworkPolicy can keep gateways off it; the client port then
+    /// serves no Raft service. With TLS, each port trusts only its own CA.
+    #[arg(long, global = true, env = "AFFINITY_PEER_LISTEN")]
+    peer_listen: Option<String>,
+    /// Address other nodes reach this node's peer port at. [default: the peer-listen
+    /// address]
+    #[arg(long, global = true, env = "AFFINITY_PEER_ADVERTISE")]
+    peer_advertise: Option<String>,
     /// Data directory. [default: ./affinity-data]
     #[arg(long, global = true, env = "AFFINITY_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Static initial membership, ID=HOST:PORT,... (this node included). Without it the node
-    /// forms a single-node cluster of itself.
+    /// Static initial membership, ID=HOST:PORT,... (this node included); a node with a peer
+    /// port is written ID=HOST:PORT/PEER_HOST:PORT. Without it the node forms a single-node
+    /// cluster of itself.
     #[arg(long, global = true, env = "AFFINITY_PEERS")]
     peers: Option<String>,
     /// Grow the cluster node by node instead of --peers: HOST:PORT,... of members to ask for
-    /// admission (e.g. the first pods of a StatefulSet). Node 1 forms the cluster when no
-    /// target belongs to one; every other node joins as a learner and becomes a voter once
-    /// caught up.
+    /// admission (e.g. the first pods of a StatefulSet; their peer ports when nodes have
+    /// them). Node 1 forms the cluster when no target belongs to one; every other node joins
+    /// as a learner and becomes a voter once caught up.
     #[arg(long, global = true, env = "AFFINITY_JOIN")]
     join: Option<String>,
     /// Take the node id from the hostname's ordinal suffix: affinity-0 is node 1,
@@ -206,6 +217,8 @@ struct FileArgs {
     node_id: Option<u64>,
     listen: Option<String>,
     advertise: Option<String>,
+    peer_listen: Option<String>,
+    peer_advertise: Option<String>,
     data_dir: Option<PathBuf>,
     peers: Option<String>,
     join: Option<String>,
@@ -240,6 +253,7 @@ struct FileArgs {
 struct Settings {
     config: Config,
     listen: String,
+    peer_listen: Option<String>,
     metrics_listen: Option<String>,
     log_format: LogFormat,
     log_level: String,
@@ -290,6 +304,7 @@ fn layer(args: NodeArgs) -> Result<Settings, String> {
         node_id,
         join,
         advertise: args.advertise.or(file.advertise),
+        peer_advertise: args.peer_advertise.or(file.peer_advertise),
         data_dir: args
             .data_dir
             .or(file.data_dir)
@@ -386,6 +401,7 @@ fn layer(args: NodeArgs) -> Result<Settings, String> {
             .listen
             .or(file.listen)
             .unwrap_or_else(|| "127.0.0.1:7400".into()),
+        peer_listen: args.peer_listen.or(file.peer_listen),
         metrics_listen,
         log_format: args
             .log_format
@@ -493,13 +509,34 @@ async fn run_node(settings: Settings) -> Result<(), String> {
             "serving plaintext gRPC beyond loopback: without --tls-cert anyone who can reach this address can read and change leases; turn TLS on (and --tls-client-ca for mTLS) or restrict it with a NetworkPolicy (docs/security.md)"
         );
     }
+    let peer = match &settings.peer_listen {
+        Some(addr) => Some(bind("peer-listen", addr).await?),
+        None => None,
+    };
+    if let Some(bound) = peer.as_ref().and_then(|l| l.local_addr().ok())
+        && !bound.ip().is_loopback()
+        && settings.config.tls.is_none()
+    {
+        tracing::warn!(
+            peer_listen = %bound,
+            "serving plaintext peer traffic beyond loopback: anyone who can reach this address can take part in Raft; turn TLS on (--tls-cert, --tls-peer-ca) or restrict it with a NetworkPolicy (docs/security.md)"
+        );
+    }
     let metrics = match &settings.metrics_listen {
         Some(addr) => Some(bind("metrics-listen", addr).await?),
         None => None,
     };
-    server::run(settings.config, Listeners { grpc, metrics }, stop_signal())
-        .await
-        .map_err(|e| e.to_string())
+    server::run(
+        settings.config,
+        Listeners {
+            grpc,
+            peer,
+            metrics,
+        },
+        stop_signal(),
+    )
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// The settings as a node would use them, after every check a start makes before it
@@ -514,16 +551,27 @@ fn check(settings: &Settings) -> Result<serde_json::Value, String> {
             format!("invalid metrics-listen: {metrics:?} is not an IP:PORT or \"off\"")
         })?;
     }
+    let peer_bound = match &settings.peer_listen {
+        Some(peer) => Some(
+            peer.parse::<SocketAddr>()
+                .map_err(|_| format!("invalid peer-listen: {peer:?} is not an IP:PORT"))?,
+        ),
+        None => None,
+    };
     let config = &settings.config;
-    let advertise = config.resolve_advertise(bound).map_err(|e| e.to_string())?;
+    let me = config
+        .resolve_advertise(bound, peer_bound)
+        .map_err(|e| e.to_string())?;
     config.openraft().map_err(|e| e.to_string())?;
     Ok(serde_json::json!({
         "node_id": config.node_id,
         "listen": settings.listen,
-        "advertise": advertise,
+        "advertise": me.addr,
+        "peer_listen": settings.peer_listen,
+        "peer_advertise": me.peer_addr,
         "metrics_listen": settings.metrics_listen,
         "data_dir": config.data_dir,
-        "peers": config.peers,
+        "peers": config.peers.iter().map(|(id, n)| (id.to_string(), n.to_string())).collect::<BTreeMap<_, _>>(),
         "join": config.join,
         "raft_heartbeat_ms": config.raft.heartbeat.as_millis(),
         "raft_election_timeout_ms": config.raft.election_timeout.as_millis(),
@@ -582,14 +630,17 @@ async fn run_dev(dev: DevArgs, base: Settings) -> Result<(), String> {
     };
     let mut peers = BTreeMap::new();
     for i in 1..=dev.nodes {
-        peers.insert(i, format!("{}:{}", dev.host, port(dev.base_port, i)?));
+        peers.insert(
+            i,
+            affinity_server::raft::Node::new(format!("{}:{}", dev.host, port(dev.base_port, i)?)),
+        );
     }
     let stop = CancellationToken::new();
     let mut nodes = tokio::task::JoinSet::new();
     println!("affinity dev cluster: {} nodes", dev.nodes);
     println!("{:<6} {:<22} {:<22} data dir", "node", "gRPC", "metrics");
     for i in 1..=dev.nodes {
-        let listen = peers[&i].clone();
+        let listen = peers[&i].addr.clone();
         let metrics_listen = format!("{}:{}", dev.host, port(dev.metrics_base_port, i)?);
         let data_dir = dev.data_dir.join(format!("node-{i}"));
         println!(
@@ -599,6 +650,7 @@ async fn run_dev(dev: DevArgs, base: Settings) -> Result<(), String> {
         let mut config = base.config.clone();
         config.node_id = i;
         config.advertise = None;
+        config.peer_advertise = None;
         config.data_dir = data_dir;
         config.peers = peers.clone();
         let grpc = bind("listen", &listen).await?;
@@ -609,6 +661,7 @@ async fn run_dev(dev: DevArgs, base: Settings) -> Result<(), String> {
                 config,
                 Listeners {
                     grpc,
+                    peer: None,
                     metrics: Some(metrics),
                 },
                 stop.cancelled_owned(),
@@ -617,7 +670,7 @@ async fn run_dev(dev: DevArgs, base: Settings) -> Result<(), String> {
             .map_err(|e| format!("node {i}: {e}"))
         });
     }
-    let endpoints: Vec<&str> = peers.values().map(String::as_str).collect();
+    let endpoints: Vec<&str> = peers.values().map(|n| n.addr.as_str()).collect();
     println!(
         "try: affinityctl --endpoints {} status",
         endpoints.join(",")

@@ -67,7 +67,15 @@ impl Cluster for ClusterService {
             let work = async {
                 let node = &self.ctx.node;
                 let index = node
-                    .add_learner(wire.node_id, wire.address.clone(), wire.blocking, budget)
+                    .add_learner(
+                        wire.node_id,
+                        crate::raft::Node::with_peer(
+                            wire.address.clone(),
+                            Some(wire.peer_address.clone()),
+                        ),
+                        wire.blocking,
+                        budget,
+                    )
                     .await?;
                 Ok(pb::AddLearnerResponse {
                     log_index: index,
@@ -248,7 +256,10 @@ impl ClusterService {
         if node.is_leader() {
             return node.linearize(budget).await;
         }
-        let Some((leader, Some(address))) = node.leader() else {
+        let Some((leader, Some(address))) = node
+            .leader()
+            .map(|(id, _)| (id, node.member(id).map(|n| n.peer().to_string())))
+        else {
             return Err(ServiceError::Unavailable(
                 "no leader is known, so what is committed cannot be known".into(),
             ));

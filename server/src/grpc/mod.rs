@@ -118,9 +118,20 @@ impl Ctx {
                 }),
                 Some(wire),
             ) if !call.forwarded() => {
+                // Peers reach the leader at its peer address, which may differ from the
+                // client address named in hints.
+                let peer_address = leader_id
+                    .and_then(|id| self.node.member(id))
+                    .and_then(|n| n.peer_addr)
+                    .unwrap_or_else(|| address.clone());
+                let leader = Leader {
+                    id: leader_id,
+                    address: &address,
+                    peer_address: &peer_address,
+                };
                 // Boxed: the forwarding future is large and rarely needed, and kept inline
                 // it would be copied around with every call's future.
-                Box::pin(self.forward(call, budget, leader_id, &address, wire, forward)).await
+                Box::pin(self.forward(call, budget, leader, wire, forward)).await
             }
             (Err(e), _) => Err(e.into()),
         }
@@ -131,8 +142,7 @@ impl Ctx {
         &self,
         call: &Call,
         budget: Budget,
-        leader_id: Option<crate::raft::NodeId>,
-        address: &str,
+        leader: Leader<'_>,
         wire: Req,
         forward: Fwd,
     ) -> Result<Resp, Status>
@@ -142,14 +152,14 @@ impl Ctx {
     {
         let unreachable = |detail: &str| -> Status {
             ServiceError::NotLeader {
-                leader_id,
-                leader_address: Some(address.to_string()),
+                leader_id: leader.id,
+                leader_address: Some(leader.address.to_string()),
             }
             .into_unreachable(detail)
         };
         let channel = self
             .peers
-            .channel(address)
+            .channel(leader.peer_address)
             .map_err(|e| unreachable(&e.to_string()))?;
         let mut request = tonic::Request::new(wire);
         request.set_timeout(call.remaining(budget));
@@ -171,12 +181,21 @@ impl Ctx {
             }
             Ok(Err(status)) => Err(unreachable(status.message())),
             Err(_) if budget.caller_limited => Err(ServiceError::DeadlineExceeded(format!(
-                "the caller's deadline passed while waiting for the leader at {address}"
+                "the caller's deadline passed while waiting for the leader at {}",
+                leader.peer_address
             ))
             .into()),
             Err(_) => Err(unreachable("no answer in time")),
         }
     }
+}
+
+/// The leader a call is forwarded to: clients know it at `address`, peers at
+/// `peer_address` (the same unless it serves peers on a port of their own).
+struct Leader<'a> {
+    id: Option<crate::raft::NodeId>,
+    address: &'a str,
+    peer_address: &'a str,
 }
 
 impl ServiceError {

@@ -36,7 +36,8 @@ pub struct PeerConnection {
     target: NodeId,
     address: String,
     peers: Peers,
-    client: Option<RaftClient<Channel>>,
+    /// The client, and the generation of [`Peers`] channels it was made from.
+    client: Option<(RaftClient<Channel>, u64)>,
 }
 
 type Result<T, E = RPCError<TypeConfig>> = std::result::Result<T, E>;
@@ -53,7 +54,10 @@ impl PeerConnection {
     }
 
     fn client(&mut self) -> Result<RaftClient<Channel>> {
-        if let Some(client) = &self.client {
+        let generation = self.peers.generation();
+        if let Some((client, made)) = &self.client
+            && *made == generation
+        {
             return Ok(client.clone());
         }
         let channel = self
@@ -63,7 +67,7 @@ impl PeerConnection {
         let client = RaftClient::new(channel)
             .max_decoding_message_size(PEER_MAX_MESSAGE_BYTES)
             .max_encoding_message_size(PEER_MAX_MESSAGE_BYTES);
-        self.client = Some(client.clone());
+        self.client = Some((client.clone(), generation));
         Ok(client)
     }
 

@@ -10,6 +10,7 @@ mod connection;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -38,6 +39,8 @@ pub enum ChannelError {
 #[derive(Clone)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// Bumped when the TLS files change: holders of a channel made before get a new one.
+    generation: Arc<AtomicU64>,
     connect_timeout: Duration,
     tls: Option<TlsConfig>,
 }
@@ -48,9 +51,41 @@ impl Peers {
     pub fn new(connect_timeout: Duration, tls: Option<TlsConfig>) -> Self {
         Self {
             channels: Arc::new(Mutex::new(HashMap::new())),
+            generation: Arc::new(AtomicU64::new(0)),
             connect_timeout,
             tls,
         }
+    }
+
+    /// Which set of channels is current; see [`Peers::renew`].
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Forget every channel, so the next call makes new ones (with the TLS files as they
+    /// are now); connections in use finish on the old channels.
+    pub fn renew(&self) {
+        let mut channels = self.channels.lock();
+        channels.clear();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Renew the channels whenever a TLS file changes, until `stop`. Without TLS, nothing.
+    pub async fn follow_tls_files(self, stop: tokio_util::sync::CancellationToken) {
+        let Some(tls) = self.tls.clone() else {
+            return;
+        };
+        crate::tls::on_change(
+            crate::tls::all_files(&tls),
+            tls.reload_interval,
+            stop,
+            || {
+                self.renew();
+                tracing::info!("TLS files changed; new connections to peers use them");
+                true
+            },
+        )
+        .await;
     }
 
     /// The channel to `address` (HOST:PORT), created on first use; it connects lazily and
@@ -97,6 +132,6 @@ impl openraft::RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
-        PeerConnection::new(self.id, target, node.addr.clone(), self.peers.clone())
+        PeerConnection::new(self.id, target, node.peer().to_string(), self.peers.clone())
     }
 }

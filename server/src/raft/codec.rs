@@ -87,6 +87,7 @@ pub fn membership_to_pb(m: &Membership) -> pb::Membership {
             .map(|(id, node)| pb::Node {
                 id: *id,
                 address: node.addr.clone(),
+                peer_address: node.peer_addr.clone().unwrap_or_default(),
             })
             .collect(),
     }
@@ -103,9 +104,7 @@ pub fn membership_from_pb(m: &pb::Membership) -> Result<Membership, CodecError> 
     for node in &m.nodes {
         let previous = nodes.insert(
             node.id,
-            Node {
-                addr: node.address.clone(),
-            },
+            Node::with_peer(node.address.clone(), Some(node.peer_address.clone())),
         );
         if previous.is_some() {
             return Err(CodecError::new(
@@ -206,10 +205,10 @@ mod tests {
         let membership = Membership::new(
             vec![BTreeSet::from([1, 2, 3])],
             BTreeMap::from([
-                (1, Node { addr: "a:1".into() }),
-                (2, Node { addr: "b:1".into() }),
-                (3, Node { addr: "c:1".into() }),
-                (4, Node { addr: "d:1".into() }),
+                (1, Node::new("a:1")),
+                (2, Node::with_peer("b:1", Some("b:2".into()))),
+                (3, Node::new("c:1")),
+                (4, Node::new("d:1")),
             ]),
         )
         .unwrap();
@@ -313,6 +312,7 @@ mod tests {
             nodes: vec![pb::Node {
                 id: 1,
                 address: "a".into(),
+                peer_address: String::new(),
             }],
         };
         assert!(membership_from_pb(&m).is_err());

@@ -393,4 +393,55 @@ fn the_tls_overlay_turns_on_mutual_tls_and_probes_over_http() {
         volumes.iter().any(|v| v["name"] == "config"),
         "the base's volume stays"
     );
+
+    // Peer traffic on its own port: the pods' arguments say so and pass `affinityd check`,
+    // the headless Service names it, and only the store's pods may reach it.
+    let grpc = port_named(container, "grpc");
+    let peer = port_named(container, "peer");
+    assert_ne!(grpc, peer);
+    let config = config_file(&objects, &out_dir("check-tls"));
+    for pod in 0..3 {
+        let resolved = check(&objects, pod, &config).unwrap_or_else(|e| panic!("pod {pod}: {e}"));
+        assert_eq!(port_of(&resolved["listen"]), grpc);
+        assert_eq!(port_of(&resolved["peer_listen"]), peer);
+        assert_eq!(
+            resolved["peer_advertise"],
+            format!("affinity-{pod}.affinity-peers.default.svc:{peer}")
+        );
+        assert_eq!(
+            resolved["advertise"],
+            format!("affinity-{pod}.affinity-peers.default.svc:{grpc}")
+        );
+        let join = resolved["join"].as_array().unwrap();
+        assert!(
+            join.iter().all(|j| port_of(j) == peer),
+            "joins go to peer ports"
+        );
+    }
+    let headless = object(&objects, "Service", "affinity-peers");
+    assert!(
+        headless["spec"]["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["port"] == peer && p["targetPort"] == "peer"),
+        "the headless Service publishes the peer port"
+    );
+    let policy = object(&objects, "NetworkPolicy", "affinity");
+    for rule in policy["spec"]["ingress"].as_array().unwrap() {
+        let ports: Vec<u64> = rule["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|p| p["port"].as_u64())
+            .collect();
+        if ports.contains(&peer) {
+            let from = &rule["from"][0];
+            assert_eq!(
+                from["podSelector"]["matchLabels"]["app.kubernetes.io/component"], "store",
+                "only the store's pods reach the peer port"
+            );
+            assert!(from.get("namespaceSelector").is_none());
+        }
+    }
 }

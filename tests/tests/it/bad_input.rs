@@ -229,7 +229,7 @@ async fn every_bad_field_is_refused_by_name_and_nothing_is_stored() {
                 .add_learner(pb::AddLearnerRequest {
                     node_id: 0,
                     address: "127.0.0.1:1".into(),
-                    blocking: false,
+                    ..Default::default()
                 })
                 .await,
             "node_id",
@@ -239,10 +239,21 @@ async fn every_bad_field_is_refused_by_name_and_nothing_is_stored() {
                 .add_learner(pb::AddLearnerRequest {
                     node_id: 9,
                     address: "nowhere".into(),
-                    blocking: false,
+                    ..Default::default()
                 })
                 .await,
             "address",
+        );
+        assert_invalid(
+            admin
+                .add_learner(pb::AddLearnerRequest {
+                    node_id: 9,
+                    address: "127.0.0.1:1".into(),
+                    peer_address: "127.0.0.1".into(),
+                    ..Default::default()
+                })
+                .await,
+            "peer_address",
         );
         assert_invalid(
             admin

@@ -223,6 +223,7 @@ async fn a_learner_joins_through_a_snapshot_and_a_node_leaves_while_serving() {
                 node_id: 4,
                 address: cluster.addr(4).to_string(),
                 blocking: true,
+                ..Default::default()
             },
             Duration::from_secs(30),
         ))

@@ -16,6 +16,8 @@
 //!   refused clearly, counted, and with nothing written.
 //! - `robustness`: garbage and abusive HTTP/2 while a client is served with bounded
 //!   memory; a damaged snapshot stops the node at start, naming the file.
+//! - `peer_port`: peer traffic on its own port (`--peer-listen`), plaintext and with a CA
+//!   per port; a node joining with a peer port.
 //! - `tls`: mutual TLS on clients and peers, refusals, the client crate and affinityctl
 //!   over TLS, a certificate rotated in place.
 //! - `service`: health, reflection, leader hints, deadlines without a quorum, slow watchers,
@@ -27,6 +29,7 @@
 mod agreement;
 mod backup;
 mod bad_input;
+mod certs;
 mod client;
 mod clock_steps;
 mod cluster_basics;
@@ -34,6 +37,7 @@ mod cluster_faults;
 mod contract;
 mod ctl;
 mod limits;
+mod peer_port;
 mod robustness;
 mod service;
 mod tls;

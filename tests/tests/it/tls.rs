@@ -3,7 +3,6 @@
 //! certificates, the client crate and `affinityctl` over TLS, and a certificate rotated in
 //! place while the nodes run.
 
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,67 +10,11 @@ use affinity_client::{AffinityClient, ClientTls};
 use affinity_proto::Policy;
 use affinity_tests::requests::resolve;
 use affinity_tests::{ClientTlsFiles, Cluster, ClusterOptions, bins, wait};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+
+use crate::certs::{Ca, arg, channel, write};
 
 const MINUTE: Duration = Duration::from_secs(60);
-
-/// A CA that signs certificates for the test.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A leaf certificate for `names` (DNS names or IP addresses): (cert PEM, key PEM).
-    fn issue(&self, common_name: &str, names: &[&str]) -> (String, String) {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| (*n).to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn arg(path: &Path) -> String {
-    path.display().to_string()
-}
-
-/// A channel to `addr` with these TLS settings (None: plaintext).
-fn channel(addr: std::net::SocketAddr, tls: Option<ClientTlsConfig>) -> tonic::transport::Channel {
-    let endpoint = match tls {
-        Some(tls) => Endpoint::from_shared(format!("https://{addr}"))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap(),
-        None => Endpoint::from_shared(format!("http://{addr}")).unwrap(),
-    };
-    endpoint
-        .connect_timeout(Duration::from_secs(2))
-        .connect_lazy()
-}
 
 /// The certificate (DER) `addr` serves now.
 async fn served_serial(addr: std::net::SocketAddr, ca_pem: &str) -> Vec<u8> {
@@ -255,12 +198,46 @@ async fn mutual_tls_on_clients_and_peers_with_rotation() {
         },
     )
     .await;
-    // Still serving the gateway after the rotation.
-    let mut client = cluster.client(1);
-    client
-        .resolve(resolve("ns/tls/0", "10.0.9.1", "10.9.0.1:80", MINUTE))
-        .await
-        .unwrap();
+    // Still serving the gateway after the rotation, through every node: followers dial
+    // the leader again with the rotated certificate.
+    for id in 1..=3 {
+        cluster
+            .client(id)
+            .resolve(resolve(
+                "ns/tls/0",
+                &format!("10.0.9{id}.1"),
+                "10.9.0.1:80",
+                MINUTE,
+            ))
+            .await
+            .unwrap();
+    }
+
+    // A second gateway CA joins the client CA file (a CA rotation): its gateways are
+    // served once the nodes have read the file again, without a restart.
+    let next_ca = Ca::new("affinity gateways, next");
+    let (next_cert, next_key) = next_ca.issue("gateway-next", &["gateway-next.test"]);
+    std::fs::write(&client_ca_path, format!("{}{}", client_ca.pem, next_ca.pem)).unwrap();
+    wait::until(
+        "node 1 accepts a certificate of the new client CA",
+        Duration::from_secs(10),
+        || {
+            let channel = channel(
+                addr,
+                Some(
+                    trust_nodes().identity(Identity::from_pem(next_cert.clone(), next_key.clone())),
+                ),
+            );
+            async move {
+                affinity_proto::pb::affinity_client::AffinityClient::new(channel)
+                    .resolve(resolve("ns/tls/2", "10.6.0.1", "10.9.0.1:80", MINUTE))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,6 +253,7 @@ async fn roles_from_certificates_and_tokens() {
     let (ops_cert, ops_key) = client_ca.issue("ops", &["ops.test"]);
     let (nobody_cert, nobody_key) = client_ca.issue("nobody", &["nobody.test"]);
     let token = "0123456789abcdef-operator-token";
+    let gw_token = "0123456789abcdef-gateway-token";
     let authz = write(
         dir.path(),
         "authz.toml",
@@ -283,7 +261,8 @@ async fn roles_from_certificates_and_tokens() {
             "[[identity]]\nname = \"localhost\"\nrole = \"peer\"\n\n\
              [[identity]]\nname = \"gateway.test\"\nrole = \"gateway\"\n\n\
              [[identity]]\nname = \"ops.test\"\nrole = \"admin\"\n\n\
-             [[token]]\ntoken = \"{token}\"\nrole = \"admin\"\n"
+             [[token]]\ntoken = \"{token}\"\nrole = \"admin\"\n\n\
+             [[token]]\ntoken = \"{gw_token}\"\nrole = \"gateway\"\n"
         ),
     );
     let options = ClusterOptions {
@@ -298,6 +277,8 @@ async fn roles_from_certificates_and_tokens() {
             arg(&write(dir.path(), "node-ca.pem", &node_ca.pem)),
             "--authz".into(),
             arg(&authz),
+            "--tls-reload-interval".into(),
+            "200ms".into(),
         ],
         // The harness itself operates the cluster: it needs the admin role.
         client_tls: Some(ClientTlsFiles {
@@ -406,4 +387,94 @@ async fn roles_from_certificates_and_tokens() {
         "{}",
         String::from_utf8_lossy(&allowed.stderr)
     );
+
+    // The client crate with a bearer token: a certificate that no role names, plus the
+    // gateway token, may resolve; without the token it may not.
+    let client_with = |token: Option<&str>| {
+        let mut builder = AffinityClient::builder()
+            .endpoints(cluster.endpoints().split(','))
+            .tls(
+                ClientTls::new(node_ca.pem.clone())
+                    .identity(nobody_cert.clone(), nobody_key.clone()),
+            )
+            .fail_mode(affinity_client::FailMode::Closed)
+            .cache_capacity(0)
+            .watch(false);
+        if let Some(token) = token {
+            builder = builder.token(token);
+        }
+        builder.build().unwrap()
+    };
+    let policy = Policy::new(MINUTE).unwrap();
+    let ip = "10.5.0.1".parse().unwrap();
+    client_with(Some(gw_token))
+        .resolve("ns/authz/1", ip, &policy, "10.9.0.1:80", &[])
+        .await
+        .unwrap();
+    let refused = client_with(None)
+        .resolve("ns/authz/1", ip, &policy, "10.9.0.1:80", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("PERMISSION_DENIED")
+            || refused.to_string().contains("needs role"),
+        "{refused}"
+    );
+    let plaintext = AffinityClient::builder()
+        .endpoints(cluster.endpoints().split(','))
+        .token(gw_token)
+        .watch(false)
+        .build()
+        .unwrap_err();
+    assert!(
+        plaintext.to_string().contains("token needs tls"),
+        "{plaintext}"
+    );
+
+    // The authorization file changes while the nodes run: "nobody.test" becomes a gateway
+    // and is served without a token, without a restart. A broken file is refused and the
+    // roles in force stay.
+    std::fs::write(
+        &authz,
+        format!(
+            "{}\n[[identity]]\nname = \"nobody.test\"\nrole = \"gateway\"\n",
+            std::fs::read_to_string(&authz).unwrap()
+        ),
+    )
+    .unwrap();
+    wait::until(
+        "every node takes the new authorization file",
+        Duration::from_secs(10),
+        || {
+            let client = client_with(None);
+            async move {
+                client
+                    .resolve("ns/authz/2", ip, &policy, "10.9.0.1:80", &[])
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        },
+    )
+    .await;
+    std::fs::write(&authz, "[[identity]\nbroken").unwrap();
+    let reloads_refused = wait::until(
+        "node 1 logs the broken authorization file",
+        Duration::from_secs(10),
+        || {
+            let log = cluster.log(1);
+            async move {
+                if log.contains("authorization file not reloaded") {
+                    Ok(())
+                } else {
+                    Err("not yet")
+                }
+            }
+        },
+    );
+    reloads_refused.await;
+    client_with(None)
+        .resolve("ns/authz/3", ip, &policy, "10.9.0.1:80", &[])
+        .await
+        .unwrap();
 }

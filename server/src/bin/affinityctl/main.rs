@@ -202,7 +202,12 @@ enum MembersCmd {
     /// Add a node as a learner (it starts receiving the log); `promote` it afterwards.
     Add {
         node_id: u64,
+        /// Where clients reach the node (HOST:PORT).
         address: String,
+        /// Where peers reach it, when it serves peer traffic on its own port
+        /// (affinityd --peer-listen). [default: the address]
+        #[arg(long)]
+        peer_address: Option<String>,
         /// Return at once instead of waiting until the learner has caught up.
         #[arg(long)]
         no_wait: bool,
@@ -548,19 +553,21 @@ async fn members(ctl: &Ctl, action: MembersCmd) -> Output {
             })
             .await?;
         Ok::<_, Status>(
-            json!({ "log_index": resp.log_index, "members": resp.members.iter().map(|m| json!({"id": m.id, "address": m.address, "voter": m.voter})).collect::<Vec<_>>() }),
+            json!({ "log_index": resp.log_index, "members": output::members_json(&resp.members) }),
         )
     };
     match action {
         MembersCmd::Add {
             node_id,
             address,
+            peer_address,
             no_wait,
         } => {
             let req = pb::AddLearnerRequest {
                 node_id,
                 address,
                 blocking: !no_wait,
+                peer_address: peer_address.unwrap_or_default(),
             };
             let resp = ctl
                 .cluster(|mut c| {
@@ -569,7 +576,7 @@ async fn members(ctl: &Ctl, action: MembersCmd) -> Output {
                 })
                 .await?;
             Ok(
-                json!({ "log_index": resp.log_index, "members": resp.members.iter().map(|m| json!({"id": m.id, "address": m.address, "voter": m.voter})).collect::<Vec<_>>() }),
+                json!({ "log_index": resp.log_index, "members": output::members_json(&resp.members) }),
             )
         }
         MembersCmd::Promote { node_id } => {

@@ -20,6 +20,7 @@ pub fn status_json(s: &pb::StatusResponse) -> Value {
     json!({
         "node_id": s.node_id,
         "address": s.address,
+        "peer_address": non_empty(&s.peer_address),
         "role": s.role,
         "leader_id": s.leader_id,
         "term": s.term,
@@ -29,8 +30,21 @@ pub fn status_json(s: &pb::StatusResponse) -> Value {
         "snapshot_index": s.snapshot_index,
         "lease_count": s.lease_count,
         "version": s.version,
-        "members": s.members.iter().map(|m| json!({"id": m.id, "address": m.address, "voter": m.voter})).collect::<Vec<_>>(),
+        "members": members_json(&s.members),
     })
+}
+
+/// Members as JSON: id, client address, peer address (null when peers use the client
+/// address) and whether each votes.
+pub fn members_json(members: &[pb::Member]) -> Value {
+    members
+        .iter()
+        .map(|m| json!({"id": m.id, "address": m.address, "peer_address": non_empty(&m.peer_address), "voter": m.voter}))
+        .collect()
+}
+
+fn non_empty(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
 }
 
 /// Unix ms as UTC RFC 3339.
@@ -154,6 +168,7 @@ pub fn print_human(out: &Value) {
                 vec![
                     s(&m["id"]),
                     s(&m["address"]),
+                    m["peer_address"].as_str().unwrap_or("-").to_string(),
                     if m["voter"] == json!(true) {
                         "voter".into()
                     } else {
@@ -162,7 +177,7 @@ pub fn print_human(out: &Value) {
                 ]
             })
             .collect();
-        table(&["NODE", "ADDRESS", "MEMBER"], &rows);
+        table(&["NODE", "ADDRESS", "PEER ADDRESS", "MEMBER"], &rows);
         println!("membership log index: {}", s(&out["log_index"]));
     } else if let Some(obj) = out.as_object() {
         for (k, v) in obj {
