@@ -2,7 +2,9 @@
 //! it measures bytes, once).
 //!
 //! - memory: the resident set of this process before and after filling a lease table with
-//!   N leases (one scope, IPv4 keys, 8 shared endpoints), per lease;
+//!   N leases (one scope, IPv4 keys, 8 shared endpoints), per lease; and the same for a
+//!   fresh process reading that table back from its snapshot (what a restart or a new
+//!   member holds);
 //! - snapshot: the size of the snapshot file of that table, per lease (what a snapshot, a
 //!   backup and a new member's catch-up transfer cost);
 //! - log: the encoded size of one `Resolve` command (one Raft log entry's payload).
@@ -48,10 +50,33 @@ fn filled(n: u32) -> LeaseTable {
     table
 }
 
+/// Environment variable: read this snapshot, print the memory it took per lease, exit.
+const READ_BACK: &str = "AFFINITY_SIZING_READ_BACK";
+
+/// In a fresh process, the memory per lease of the table read from the snapshot at `path`.
+fn read_back(path: &std::path::Path) -> String {
+    let out = std::process::Command::new(std::env::current_exe().expect("own path"))
+        .env(READ_BACK, path)
+        .output()
+        .expect("run the read-back process");
+    assert!(out.status.success(), "read-back failed: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 fn main() {
+    if let Some(path) = std::env::var_os(READ_BACK) {
+        let before = rss();
+        let file = std::fs::File::open(&path).expect("open the snapshot");
+        let decoded = snapshot::read(std::io::BufReader::new(file)).expect("read the snapshot");
+        let per_lease = rss().saturating_sub(before) as f64 / decoded.stats.lease_count as f64;
+        println!("{per_lease:.0} B");
+        return;
+    }
     // criterion-style arguments (`--bench`) are accepted and ignored.
-    println!("| leases | memory per lease | snapshot bytes per lease |");
-    println!("| --- | --- | --- |");
+    println!(
+        "| leases | memory per lease | memory per lease, read from the snapshot | snapshot bytes per lease |"
+    );
+    println!("| --- | --- | --- | --- |");
     let counts: Vec<u32> = std::env::var("AFFINITY_SIZING_COUNTS").map_or_else(
         |_| vec![100_000, 1_000_000],
         |text| {
@@ -74,7 +99,8 @@ fn main() {
         let stats = snapshot::write(&table, pb::SnapshotMeta::default(), file).expect("write");
         let per_lease_memory = after.saturating_sub(before) as f64 / f64::from(n);
         let per_lease_snapshot = stats.bytes as f64 / f64::from(n);
-        println!("| {n} | {per_lease_memory:.0} B | {per_lease_snapshot:.1} B |");
+        let read = read_back(&path);
+        println!("| {n} | {per_lease_memory:.0} B | {read} | {per_lease_snapshot:.1} B |");
         if n == 100_000
             && let Some(out) = std::env::var_os("AFFINITY_SIZING_BACKUP")
         {

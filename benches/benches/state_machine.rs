@@ -1,4 +1,5 @@
-//! The lease table: applying commands (what every replica does per log entry) and reading.
+//! The lease table: applying commands (what every replica does per log entry) and reading,
+//! and draining an endpoint (an operator action that walks the table).
 
 // A benchmark that cannot set up should stop loudly.
 #![allow(clippy::expect_used)]
@@ -7,7 +8,7 @@ use std::hint::black_box;
 
 use affinity_bench::{ENDPOINTS, resolve_command};
 use affinity_proto::{ClientKey, Masks};
-use affinity_server::sm::LeaseTable;
+use affinity_server::sm::{Command, LeaseTable, Op};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn filled(n: u32) -> LeaseTable {
@@ -83,5 +84,33 @@ fn reads(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, apply, reads);
+fn drain(c: &mut Criterion) {
+    // Draining an endpoint that holds one lease among a million, then deciding that key
+    // again: what a drain costs the apply loop when few leases use the endpoint.
+    let mut table = filled(1_000_000);
+    let mut events = Vec::new();
+    let lone = "10.9.9.9:80";
+    let key = 2_000_000u32;
+    let drain = Command {
+        stamp_ms: 2_000,
+        op: Op::DrainEndpoint {
+            scope: None,
+            endpoint: lone.to_string(),
+        },
+    };
+    let recreate = resolve_command("ns/route/0", key, 2_000, lone);
+    table.apply(1, &recreate, &mut events);
+    let mut group = c.benchmark_group("drain");
+    group.sample_size(20);
+    group.bench_function("one_lease_among_1m", |b| {
+        b.iter(|| {
+            black_box(table.apply(2, &drain, &mut events));
+            table.apply(3, &recreate, &mut events);
+            events.clear();
+        });
+    });
+    group.finish();
+}
+
+criterion_group!(benches, apply, reads, drain);
 criterion_main!(benches);
