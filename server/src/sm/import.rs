@@ -6,11 +6,9 @@
 //! extends a session. Imported leases get the import's revision: they are new to this
 //! cluster's history, and Watch subscribers see them as CREATED.
 
-use std::sync::Arc;
-
 use super::command::{Event, EventKind, Outcome};
 use super::lease::Lease;
-use super::{LeaseTable, Record, event};
+use super::{LeaseTable, event};
 
 impl LeaseTable {
     /// Apply an import at `revision`, the table's clock being `now`.
@@ -34,18 +32,9 @@ impl LeaseTable {
                 }
                 self.remove_ended(&lease.scope, lease.key, revision, events);
             }
-            let scope = self.intern_scope(&lease.scope);
-            let endpoint = self.intern_endpoint(&lease.endpoint);
-            let record = Record {
-                endpoint,
-                created_at_ms: lease.created_at_ms,
-                expires_at_ms: lease.expires_at_ms,
-                idle_timeout_ms: lease.idle_timeout_ms,
-                last_used_ms: lease.last_used_ms,
-                revision,
-            };
-            let created = record.lease(&scope, lease.key);
-            self.insert(&Arc::clone(&scope), lease.key, record);
+            let record = self.new_record(&lease.endpoint, lease, revision);
+            let scope = self.insert(&lease.scope, lease.key, record);
+            let created = record.lease(&scope, lease.key, &self.endpoints);
             events.push(event(EventKind::Created, &created, revision));
             imported += 1;
         }
@@ -59,6 +48,8 @@ impl LeaseTable {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use affinity_proto::ClientKey;
 
     use super::*;

@@ -4,9 +4,9 @@
 //! carries the leader's clock, and the table's own clock is `max(previous, stamp)`, so every
 //! replica computes the same expiries from the same log, whatever its local clock says.
 //!
-//! Layout: leases by scope then key (ordered, for `List` and snapshots), an index by end
-//! time (for `Sweep`) and an index by endpoint (for `DrainEndpoint`). Scope and endpoint
-//! strings are shared between leases.
+//! Layout ([`layout`]): leases by scope then key (ordered, for `List` and snapshots), an
+//! index by end time (for `Sweep`) and an index by endpoint (for `DrainEndpoint`), both
+//! naming scopes and endpoints by number; the strings are shared between leases.
 //!
 //! Rules:
 //! - a lease is live while `now < min(expires_at, last_used + idle)`; a lease that has ended
@@ -18,10 +18,11 @@
 
 pub mod command;
 mod import;
+mod layout;
 pub mod lease;
 pub mod snapshot;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 use std::sync::Arc;
 
@@ -30,65 +31,31 @@ use affinity_proto::ClientKey;
 pub use command::{Command, Event, EventKind, Op, Outcome};
 pub use lease::Lease;
 
+pub(crate) use layout::Restorer;
+use layout::{Names, Record, Scope, idle};
 use lease::clamp_ms;
 
 /// One scope and its leases, as the lease map yields them.
-type ScopeEntry<'a> = (&'a Arc<str>, &'a BTreeMap<ClientKey, Record>);
-
-/// What the table keeps per lease (scope and key are the map keys).
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Record {
-    endpoint: Arc<str>,
-    created_at_ms: i64,
-    expires_at_ms: i64,
-    idle_timeout_ms: Option<u64>,
-    last_used_ms: i64,
-    revision: u64,
-}
-
-impl Record {
-    fn end_ms(&self) -> i64 {
-        match self.idle_timeout_ms {
-            Some(idle) => self
-                .expires_at_ms
-                .min(self.last_used_ms.saturating_add(clamp_ms(idle))),
-            None => self.expires_at_ms,
-        }
-    }
-
-    fn is_live(&self, now_ms: i64) -> bool {
-        now_ms < self.end_ms()
-    }
-
-    fn lease(&self, scope: &Arc<str>, key: ClientKey) -> Lease {
-        Lease {
-            scope: Arc::clone(scope),
-            key,
-            endpoint: Arc::clone(&self.endpoint),
-            created_at_ms: self.created_at_ms,
-            expires_at_ms: self.expires_at_ms,
-            idle_timeout_ms: self.idle_timeout_ms,
-            last_used_ms: self.last_used_ms,
-            revision: self.revision,
-        }
-    }
-}
+type ScopeEntry<'a> = (&'a Arc<str>, &'a Scope);
 
 /// Every lease of one replica, and the rules that change them.
 #[derive(Debug, Default, Clone)]
 pub struct LeaseTable {
     clock_ms: i64,
-    leases: BTreeMap<Arc<str>, BTreeMap<ClientKey, Record>>,
+    leases: BTreeMap<Arc<str>, Scope>,
     count: usize,
-    by_end: BTreeSet<(i64, Arc<str>, ClientKey)>,
-    by_endpoint: BTreeSet<(Arc<str>, Arc<str>, ClientKey)>,
-    endpoints: HashSet<Arc<str>>,
+    /// (end, scope number, key) of every lease.
+    by_end: BTreeSet<(i64, u32, ClientKey)>,
+    /// (endpoint number, scope number, key) of every lease.
+    by_endpoint: BTreeSet<(u32, u32, ClientKey)>,
+    scopes: Names,
+    endpoints: Names,
 }
 
 impl PartialEq for LeaseTable {
-    /// Same clock and same leases (indexes and string sharing are derived).
+    /// Same clock and same leases (indexes, scope numbers and string sharing are derived).
     fn eq(&self, other: &Self) -> bool {
-        self.clock_ms == other.clock_ms && self.leases == other.leases
+        self.clock_ms == other.clock_ms && self.count == other.count && self.iter().eq(other.iter())
     }
 }
 
@@ -112,7 +79,7 @@ impl LeaseTable {
 
     /// Leases held in `scope`, live or not yet swept.
     pub fn scope_len(&self, scope: &str) -> usize {
-        self.leases.get(scope).map_or(0, BTreeMap::len)
+        self.leases.get(scope).map_or(0, |s| s.keys.len())
     }
 
     /// No lease at all.
@@ -192,9 +159,11 @@ impl LeaseTable {
     /// is later: a lease dead for the log is dead for every reader).
     pub fn get(&self, scope: &str, key: ClientKey, now_ms: i64) -> Option<Lease> {
         let now = now_ms.max(self.clock_ms);
-        let (scope_arc, keys) = self.leases.get_key_value(scope)?;
-        let record = keys.get(&key)?;
-        record.is_live(now).then(|| record.lease(scope_arc, key))
+        let (scope_arc, leases) = self.leases.get_key_value(scope)?;
+        let record = leases.keys.get(&key)?;
+        record
+            .is_live(now)
+            .then(|| record.lease(scope_arc, key, &self.endpoints))
     }
 
     /// Live leases in key order (scope, then key), starting after `after` when given, in one
@@ -216,7 +185,8 @@ impl LeaseTable {
             ),
             (None, None) => Box::new(self.leases.iter()),
         };
-        for (scope_arc, keys) in scopes {
+        for (scope_arc, leases) in scopes {
+            let keys = &leases.keys;
             let range: Box<dyn Iterator<Item = (&ClientKey, &Record)>> = match after {
                 Some((from_scope, from_key)) if **scope_arc == *from_scope => {
                     Box::new(keys.range((Bound::Excluded(from_key), Bound::Unbounded)))
@@ -231,7 +201,7 @@ impl LeaseTable {
                 if out.len() == limit {
                     return (out, true);
                 }
-                out.push(record.lease(scope_arc, *key));
+                out.push(record.lease(scope_arc, *key, &self.endpoints));
             }
         }
         (out, false)
@@ -239,33 +209,13 @@ impl LeaseTable {
 
     /// Every lease held, live or not, in key order.
     pub fn iter(&self) -> impl Iterator<Item = Lease> + '_ {
-        self.leases.iter().flat_map(|(scope, keys)| {
-            keys.iter()
-                .map(move |(key, record)| record.lease(scope, *key))
+        let endpoints = &self.endpoints;
+        self.leases.iter().flat_map(move |(scope, leases)| {
+            leases
+                .keys
+                .iter()
+                .map(move |(key, record)| record.lease(scope, *key, endpoints))
         })
-    }
-
-    /// Put back a lease read from a snapshot. Keys must be unique.
-    pub(crate) fn restore(&mut self, lease: &Lease) {
-        let scope = self.intern_scope(&lease.scope);
-        let endpoint = self.intern_endpoint(&lease.endpoint);
-        self.insert(
-            &scope,
-            lease.key,
-            Record {
-                endpoint,
-                created_at_ms: lease.created_at_ms,
-                expires_at_ms: lease.expires_at_ms,
-                idle_timeout_ms: lease.idle_timeout_ms,
-                last_used_ms: lease.last_used_ms,
-                revision: lease.revision,
-            },
-        );
-    }
-
-    /// Set the clock of a table read from a snapshot.
-    pub(crate) fn restore_clock(&mut self, clock_ms: i64) {
-        self.clock_ms = clock_ms;
     }
 
     fn resolve(
@@ -376,19 +326,28 @@ impl LeaseTable {
         endpoint: &str,
         events: &mut Vec<Event>,
     ) -> Outcome {
-        let Some(endpoint) = self.endpoints.get(endpoint).cloned() else {
+        let Some(endpoint_id) = self.endpoints.id(endpoint) else {
             return Outcome::Drained(0);
         };
-        let start_scope: Arc<str> = Arc::from(scope.unwrap_or(""));
-        let victims: Vec<(Arc<str>, ClientKey)> = self
+        let scope_id = match scope {
+            Some(s) => match self.leases.get(s) {
+                Some(leases) => Some(leases.id),
+                None => return Outcome::Drained(0),
+            },
+            None => None,
+        };
+        // In (scope name, key) order, the same on every replica whatever numbers its
+        // scopes got.
+        let mut victims: Vec<(Arc<str>, ClientKey)> = self
             .by_endpoint
             .range((
-                Bound::Included((Arc::clone(&endpoint), start_scope, ClientKey::MIN)),
+                Bound::Included((endpoint_id, scope_id.unwrap_or(0), ClientKey::MIN)),
                 Bound::Unbounded,
             ))
-            .take_while(|(e, s, _)| *e == endpoint && scope.is_none_or(|want| **s == *want))
-            .map(|(_, s, k)| (Arc::clone(s), *k))
+            .take_while(|(e, s, _)| *e == endpoint_id && scope_id.is_none_or(|want| *s == want))
+            .map(|(_, s, k)| (Arc::clone(self.scopes.name(*s)), *k))
             .collect();
+        victims.sort_unstable();
         let mut removed = 0;
         for (scope, key) in victims {
             if let Some(lease) = self.remove(&scope, key) {
@@ -400,109 +359,75 @@ impl LeaseTable {
                 }
             }
         }
-        self.forget_unused_strings();
         Outcome::Drained(removed)
     }
 
     fn sweep(&mut self, revision: u64, up_to_ms: i64, events: &mut Vec<Event>) -> Outcome {
-        let ended: Vec<(Arc<str>, ClientKey)> = self
+        // In (end, scope name, key) order, the same on every replica whatever numbers its
+        // scopes got.
+        let mut ended: Vec<(i64, Arc<str>, ClientKey)> = self
             .by_end
             .iter()
             .take_while(|(end, _, _)| *end <= up_to_ms)
-            .map(|(_, s, k)| (Arc::clone(s), *k))
+            .map(|(end, id, key)| (*end, Arc::clone(self.scopes.name(*id)), *key))
             .collect();
+        ended.sort_unstable();
         let mut removed = 0;
-        for (scope, key) in ended {
+        for (_, scope, key) in ended {
             if let Some(lease) = self.remove(&scope, key) {
                 removed += 1;
                 events.push(event(EventKind::Expired, &lease, revision));
             }
         }
-        self.forget_unused_strings();
         Outcome::Swept(removed)
     }
 
     /// Record a use of a live lease with an idle timeout. Returns whether it was touched.
     fn touch(&mut self, scope: &str, key: ClientKey, now: i64) -> bool {
-        let Some((scope_arc, keys)) = self.leases.get_key_value(scope) else {
+        let Some(leases) = self.leases.get_mut(scope) else {
             return false;
         };
-        let scope_arc = Arc::clone(scope_arc);
-        let Some(record) = keys.get(&key) else {
+        let id = leases.id;
+        let Some(record) = leases.keys.get_mut(&key) else {
             return false;
         };
         if !record.is_live(now) || record.idle_timeout_ms.is_none() || record.last_used_ms >= now {
             return false;
         }
         let old_end = record.end_ms();
-        if let Some(record) = self
-            .leases
-            .get_mut(scope)
-            .and_then(|keys| keys.get_mut(&key))
-        {
-            record.last_used_ms = now;
-            let new_end = record.end_ms();
-            self.by_end.remove(&(old_end, Arc::clone(&scope_arc), key));
-            self.by_end.insert((new_end, scope_arc, key));
-        }
+        record.last_used_ms = now;
+        let new_end = record.end_ms();
+        self.by_end.remove(&(old_end, id, key));
+        self.by_end.insert((new_end, id, key));
         true
     }
 
     fn record(&self, scope: &str, key: ClientKey) -> Option<&Record> {
-        self.leases.get(scope)?.get(&key)
+        self.leases.get(scope)?.keys.get(&key)
     }
 
     /// The lease held for (scope, key), live or not.
     fn present(&self, scope: &str, key: ClientKey) -> Option<Lease> {
-        let (scope_arc, keys) = self.leases.get_key_value(scope)?;
-        keys.get(&key).map(|record| record.lease(scope_arc, key))
+        let (scope_arc, leases) = self.leases.get_key_value(scope)?;
+        leases
+            .keys
+            .get(&key)
+            .map(|record| record.lease(scope_arc, key, &self.endpoints))
     }
 
     fn create(&mut self, scope: &str, key: ClientKey, endpoint: &str, terms: Terms) -> Lease {
-        let scope = self.intern_scope(scope);
-        let endpoint = self.intern_endpoint(endpoint);
         let record = Record {
-            endpoint,
+            endpoint: self.endpoints.acquire(endpoint).0,
             created_at_ms: terms.now,
             expires_at_ms: terms
                 .now
                 .saturating_add(clamp_ms(terms.absolute_timeout_ms)),
-            idle_timeout_ms: terms.idle_timeout_ms,
+            idle_timeout_ms: idle(terms.idle_timeout_ms),
             last_used_ms: terms.now,
             revision: terms.revision,
         };
-        let lease = record.lease(&scope, key);
-        self.insert(&scope, key, record);
-        lease
-    }
-
-    fn insert(&mut self, scope: &Arc<str>, key: ClientKey, record: Record) {
-        self.by_end
-            .insert((record.end_ms(), Arc::clone(scope), key));
-        self.by_endpoint
-            .insert((Arc::clone(&record.endpoint), Arc::clone(scope), key));
-        let previous = self
-            .leases
-            .entry(Arc::clone(scope))
-            .or_default()
-            .insert(key, record);
-        debug_assert!(previous.is_none(), "insert over a present lease");
-        self.count += 1;
-    }
-
-    fn remove(&mut self, scope: &str, key: ClientKey) -> Option<Lease> {
-        let scope_arc = Arc::clone(self.leases.get_key_value(scope)?.0);
-        let keys = self.leases.get_mut(scope)?;
-        let record = keys.remove(&key)?;
-        if keys.is_empty() {
-            self.leases.remove(scope);
-        }
-        self.count -= 1;
-        self.by_end
-            .remove(&(record.end_ms(), Arc::clone(&scope_arc), key));
-        self.by_endpoint
-            .remove(&(Arc::clone(&record.endpoint), Arc::clone(&scope_arc), key));
-        Some(record.lease(&scope_arc, key))
+        let scope = self.insert(scope, key, record);
+        record.lease(&scope, key, &self.endpoints)
     }
 
     /// Remove a lease that has ended (before re-creating its key), reporting EXPIRED.
@@ -516,56 +441,6 @@ impl LeaseTable {
         if let Some(lease) = self.remove(scope, key) {
             events.push(event(EventKind::Expired, &lease, revision));
         }
-    }
-
-    fn intern_scope(&self, scope: &str) -> Arc<str> {
-        self.leases
-            .get_key_value(scope)
-            .map_or_else(|| Arc::from(scope), |(s, _)| Arc::clone(s))
-    }
-
-    fn intern_endpoint(&mut self, endpoint: &str) -> Arc<str> {
-        if let Some(e) = self.endpoints.get(endpoint) {
-            return Arc::clone(e);
-        }
-        let e: Arc<str> = Arc::from(endpoint);
-        self.endpoints.insert(Arc::clone(&e));
-        e
-    }
-
-    /// Drop shared endpoint strings no lease uses any more.
-    fn forget_unused_strings(&mut self) {
-        self.endpoints.retain(|e| Arc::strong_count(e) > 1);
-    }
-
-    /// Check that the indexes agree with the leases (tests and debugging).
-    pub fn check_invariants(&self) -> Result<(), String> {
-        let mut count = 0;
-        let mut by_end = BTreeSet::new();
-        let mut by_endpoint = BTreeSet::new();
-        for (scope, keys) in &self.leases {
-            if keys.is_empty() {
-                return Err(format!("scope {scope} has an empty key map"));
-            }
-            for (key, record) in keys {
-                count += 1;
-                by_end.insert((record.end_ms(), Arc::clone(scope), *key));
-                by_endpoint.insert((Arc::clone(&record.endpoint), Arc::clone(scope), *key));
-                if record.expires_at_ms < record.created_at_ms {
-                    return Err(format!("{scope} {key}: expires before it was created"));
-                }
-            }
-        }
-        if count != self.count {
-            return Err(format!("count {} but {count} leases", self.count));
-        }
-        if by_end != self.by_end {
-            return Err("end-time index differs from the leases".into());
-        }
-        if by_endpoint != self.by_endpoint {
-            return Err("endpoint index differs from the leases".into());
-        }
-        Ok(())
     }
 }
 

@@ -127,8 +127,7 @@ pub fn read<R: Read>(input: R) -> Result<Decoded, SnapshotError> {
         .meta
         .ok_or_else(|| SnapshotError::Corrupt("header has no meta".into()))?;
 
-    let mut table = LeaseTable::new();
-    table.restore_clock(header.clock_ms);
+    let mut table = super::Restorer::new(header.clock_ms);
     let mut previous: Option<(Arc<str>, ClientKey)> = None;
     for n in 0..header.lease_count {
         let stored: pb::StoredLease = read_record(&mut input, &mut buf, "lease")?;
@@ -143,8 +142,9 @@ pub fn read<R: Read>(input: R) -> Result<Decoded, SnapshotError> {
             )));
         }
         previous = Some((Arc::clone(&lease.scope), lease.key));
-        table.restore(&lease);
+        table.push(&lease);
     }
+    let table = table.finish();
     let crc32 = input.hasher.clone().finalize();
     let trailer: pb::SnapshotTrailer = read_record(&mut input, &mut buf, "trailer")?;
     if trailer.lease_count != header.lease_count {
