@@ -5,6 +5,11 @@
 //! Stopping: health turns NOT_SERVING and Watch streams end; a leader hands leadership to
 //! another voter; the server stops accepting connections and waits (up to the grace period)
 //! for requests in flight; then Raft stops and the data directory is closed.
+//!
+//! A node whose Raft stops by itself (openraft treats a storage error, such as a full disk,
+//! as fatal) stops the same way and returns an error, so that its process exits and a
+//! supervisor starts it again: what is on disk is intact, and a restart once the cause is
+//! gone (space freed) recovers every acknowledged write.
 
 use openraft::async_runtime::watch::WatchReceiver as _;
 use std::future::Future;
@@ -268,10 +273,21 @@ async fn serve(
                 Err(e) => format!("{port} port: {e}"),
             })
         };
+    // A task that ended here must not be awaited again below.
+    let (mut grpc_ended, mut peer_ended) = (false, false);
     let served = tokio::select! {
         () = shutdown => Ok(()),
-        joined = &mut grpc_task => Err(stopped_by_itself("client", joined)),
-        joined = peer_stopped => Err(stopped_by_itself("peer", joined)),
+        reason = raft_stopped(&node) => Err(RunError::Serve(format!(
+            "Raft stopped: {reason}; exiting so that the node is started again (the data on disk is intact)"
+        ))),
+        joined = &mut grpc_task => {
+            grpc_ended = true;
+            Err(stopped_by_itself("client", joined))
+        }
+        joined = peer_stopped => {
+            peer_ended = true;
+            Err(stopped_by_itself("peer", joined))
+        }
     };
 
     tracing::info!("stopping");
@@ -290,13 +306,15 @@ async fn serve(
         );
     }
     node.shutdown().await;
-    if tokio::time::timeout(Duration::from_secs(2), &mut grpc_task)
-        .await
-        .is_err()
+    if !grpc_ended
+        && tokio::time::timeout(Duration::from_secs(2), &mut grpc_task)
+            .await
+            .is_err()
     {
         grpc_task.abort();
     }
     if let Some(mut task) = peer_task
+        && !peer_ended
         && tokio::time::timeout(Duration::from_secs(2), &mut task)
             .await
             .is_err()
@@ -342,6 +360,19 @@ fn serve_grpc(
                 stop.clone().cancelled_owned(),
             ),
         ),
+    }
+}
+
+/// Wait until this node's Raft stops by itself; why it stopped.
+async fn raft_stopped(node: &Node) -> String {
+    let mut metrics = node.raft().metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_watched().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "its metrics ended".into();
+        }
     }
 }
 

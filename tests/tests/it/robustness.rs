@@ -185,7 +185,12 @@ async fn a_damaged_snapshot_stops_the_node_at_start_and_says_which_file() {
         std::fs::write(&file, &bytes).unwrap();
         let logged_before = cluster.log(1).len();
         cluster.spawn(1);
+        let refused_at = std::time::Instant::now();
         let status = cluster.wait_exit(1, Duration::from_secs(20)).await;
+        eprintln!(
+            "the node exited {:?} after the refusal",
+            refused_at.elapsed()
+        );
         assert!(
             !status.success(),
             "{what}: the node started on a damaged snapshot"
@@ -263,7 +268,7 @@ impl Drop for Tmpfs {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_fails_writes_clearly_and_a_restart_recovers_every_acknowledged_lease() {
+async fn a_full_disk_fails_writes_clearly_and_the_restarted_node_has_every_acknowledged_lease() {
     let disk = match Tmpfs::mount(24) {
         Ok(disk) => disk,
         Err(why) => {
@@ -311,27 +316,26 @@ async fn a_full_disk_fails_writes_clearly_and_a_restart_recovers_every_acknowled
         refusal.message()
     );
     assert!(!acknowledged.is_empty());
-    // Its liveness check says so, so a supervisor restarts it.
-    let metrics = cluster.metrics_addr(1);
-    wait::until(
-        "/healthz reports the stopped Raft",
-        Duration::from_secs(10),
-        || async move {
-            let body = affinity_tests::cluster::http_get(metrics, "/healthz");
-            // An answer that is not "ok": no answer at all proves nothing.
-            if body.is_empty() || body.starts_with("ok") {
-                Err(body)
-            } else {
-                Ok(())
-            }
-        },
-    )
-    .await;
+    // Its Raft has stopped, so the node exits with an error that says why, for a
+    // supervisor to start it again.
+    let refused_at = std::time::Instant::now();
+    let status = cluster.wait_exit(1, Duration::from_secs(20)).await;
+    eprintln!(
+        "the node exited {:?} after the refusal",
+        refused_at.elapsed()
+    );
+    assert!(
+        !status.success(),
+        "the node exits with an error: {status:?}"
+    );
+    let log = cluster.log(1);
+    assert!(
+        log.contains("Raft stopped") && log.contains("No space left on device"),
+        "the node says why it exits:\n{log}"
+    );
 
-    // Space comes back; the node is restarted (as its liveness probe would have it) and
-    // holds every acknowledged lease.
+    // Space comes back; the node is started again and holds every acknowledged lease.
     disk.free();
-    cluster.kill(1);
     cluster.spawn(1);
     cluster.wait_leader(&[1]).await;
     let mut client = cluster.client(1);
@@ -402,7 +406,12 @@ async fn a_damaged_log_stops_the_node_at_start_instead_of_losing_writes_silently
 
     let logged_before = cluster.log(1).len();
     cluster.spawn(1);
+    let refused_at = std::time::Instant::now();
     let status = cluster.wait_exit(1, Duration::from_secs(20)).await;
+    eprintln!(
+        "the node exited {:?} after the refusal",
+        refused_at.elapsed()
+    );
     assert!(!status.success(), "the node started on a damaged log");
     let said = cluster.log(1)[logged_before..].to_string();
     assert!(
