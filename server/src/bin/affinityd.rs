@@ -498,28 +498,39 @@ async fn stop_signal() {
     }
 }
 
-async fn run_node(settings: Settings) -> Result<(), String> {
-    let grpc = bind("listen", &settings.listen).await?;
-    if let Ok(bound) = grpc.local_addr()
+/// Warn when `listener` serves plaintext beyond loopback: `exposed` says what anyone who
+/// reaches it can do, `remedy` how to stop that.
+fn warn_if_plaintext(listener: &TcpListener, tls: bool, exposed: &str, remedy: &str) {
+    if let Ok(bound) = listener.local_addr()
         && !bound.ip().is_loopback()
-        && settings.config.tls.is_none()
+        && !tls
     {
         tracing::warn!(
-            listen = %bound,
-            "serving plaintext gRPC beyond loopback: without --tls-cert anyone who can reach this address can read and change leases; turn TLS on (and --tls-client-ca for mTLS) or restrict it with a NetworkPolicy (docs/security.md)"
+            address = %bound,
+            "serving plaintext beyond loopback: anyone who can reach this address can {exposed}; {remedy} or restrict it with a NetworkPolicy (docs/security.md)"
         );
     }
+}
+
+async fn run_node(settings: Settings) -> Result<(), String> {
+    let tls = settings.config.tls.is_some();
+    let grpc = bind("listen", &settings.listen).await?;
+    warn_if_plaintext(
+        &grpc,
+        tls,
+        "read and change leases",
+        "turn TLS on (--tls-cert, and --tls-client-ca for mTLS)",
+    );
     let peer = match &settings.peer_listen {
         Some(addr) => Some(bind("peer-listen", addr).await?),
         None => None,
     };
-    if let Some(bound) = peer.as_ref().and_then(|l| l.local_addr().ok())
-        && !bound.ip().is_loopback()
-        && settings.config.tls.is_none()
-    {
-        tracing::warn!(
-            peer_listen = %bound,
-            "serving plaintext peer traffic beyond loopback: anyone who can reach this address can take part in Raft; turn TLS on (--tls-cert, --tls-peer-ca) or restrict it with a NetworkPolicy (docs/security.md)"
+    if let Some(peer) = &peer {
+        warn_if_plaintext(
+            peer,
+            tls,
+            "take part in Raft",
+            "turn TLS on (--tls-cert, --tls-peer-ca)",
         );
     }
     let metrics = match &settings.metrics_listen {
