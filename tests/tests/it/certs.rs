@@ -66,3 +66,47 @@ pub fn channel(
         .connect_timeout(Duration::from_secs(2))
         .connect_lazy()
 }
+
+/// The files of a cluster with mutual TLS, written into a folder: the nodes' certificate
+/// and key, the gateways' (client) CA and the nodes' (peer) CA.
+pub struct MutualTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub node_ca: PathBuf,
+}
+
+impl MutualTls {
+    /// Write the nodes' `cert` and `key`, and both CAs, into `dir`.
+    pub fn write(dir: &Path, node_ca: &Ca, client_ca: &Ca, cert: &str, key: &str) -> Self {
+        MutualTls {
+            cert: write(dir, "node.pem", cert),
+            key: write(dir, "node-key.pem", key),
+            client_ca: write(dir, "client-ca.pem", &client_ca.pem),
+            node_ca: write(dir, "node-ca.pem", &node_ca.pem),
+        }
+    }
+
+    /// The `affinityd` arguments that turn it on.
+    pub fn args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            arg(&self.cert),
+            "--tls-key".into(),
+            arg(&self.key),
+            "--tls-client-ca".into(),
+            arg(&self.client_ca),
+            "--tls-peer-ca".into(),
+            arg(&self.node_ca),
+        ]
+    }
+}
+
+/// How the test harness reaches nodes: trusting `node_ca`, presenting `cert` and `key`.
+pub fn harness_tls(node_ca: &Ca, cert: &str, key: &str) -> affinity_tests::ClientTlsFiles {
+    affinity_tests::ClientTlsFiles {
+        ca: node_ca.pem.clone().into_bytes(),
+        cert: cert.as_bytes().to_vec(),
+        key: key.as_bytes().to_vec(),
+    }
+}

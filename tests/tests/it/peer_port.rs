@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use affinity_proto::pb;
 use affinity_tests::requests::resolve;
-use affinity_tests::{ClientTlsFiles, Cluster, ClusterOptions, bins, wait};
+use affinity_tests::{Cluster, ClusterOptions, bins, wait};
 use tonic::Code;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use crate::certs::{Ca, arg, channel, write};
+use crate::certs::{Ca, MutualTls, channel, harness_tls};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -185,21 +185,9 @@ async fn each_port_trusts_only_its_own_ca() {
     let (gw_cert, gw_key) = client_ca.issue("gateway", &["gateway.test"]);
     let options = ClusterOptions {
         peer_ports: true,
-        extra_args: vec![
-            "--tls-cert".into(),
-            arg(&write(dir.path(), "node.pem", &node_cert)),
-            "--tls-key".into(),
-            arg(&write(dir.path(), "node-key.pem", &node_key)),
-            "--tls-client-ca".into(),
-            arg(&write(dir.path(), "client-ca.pem", &client_ca.pem)),
-            "--tls-peer-ca".into(),
-            arg(&write(dir.path(), "node-ca.pem", &node_ca.pem)),
-        ],
-        client_tls: Some(ClientTlsFiles {
-            ca: node_ca.pem.clone().into_bytes(),
-            cert: gw_cert.clone().into_bytes(),
-            key: gw_key.clone().into_bytes(),
-        }),
+        extra_args: MutualTls::write(dir.path(), &node_ca, &client_ca, &node_cert, &node_key)
+            .args(),
+        client_tls: Some(harness_tls(&node_ca, &gw_cert, &gw_key)),
         ..ClusterOptions::default()
     };
     // Starting waits for a leader: Raft over mutual TLS on the peer ports.

@@ -9,10 +9,10 @@ use std::time::Duration;
 use affinity_client::{AffinityClient, ClientTls};
 use affinity_proto::Policy;
 use affinity_tests::requests::resolve;
-use affinity_tests::{ClientTlsFiles, Cluster, ClusterOptions, bins, wait};
+use affinity_tests::{Cluster, ClusterOptions, bins, wait};
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
-use crate::certs::{Ca, arg, channel, write};
+use crate::certs::{Ca, MutualTls, arg, channel, harness_tls, write};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -51,29 +51,15 @@ async fn mutual_tls_on_clients_and_peers_with_rotation() {
     let client_ca = Ca::new("affinity gateways");
     let (node_cert, node_key) = node_ca.issue("affinity-node", &["127.0.0.1", "localhost"]);
     let (gw_cert, gw_key) = client_ca.issue("gateway", &["gateway.test"]);
-    let node_ca_path = write(dir.path(), "node-ca.pem", &node_ca.pem);
-    let client_ca_path = write(dir.path(), "client-ca.pem", &client_ca.pem);
-    let cert_path = write(dir.path(), "node.pem", &node_cert);
-    let key_path = write(dir.path(), "node-key.pem", &node_key);
+    let files = MutualTls::write(dir.path(), &node_ca, &client_ca, &node_cert, &node_key);
+    let (node_ca_path, client_ca_path) = (files.node_ca.clone(), files.client_ca.clone());
+    let (cert_path, key_path) = (files.cert.clone(), files.key.clone());
 
+    let mut extra_args = files.args();
+    extra_args.extend(["--tls-reload-interval".into(), "200ms".into()]);
     let options = ClusterOptions {
-        extra_args: vec![
-            "--tls-cert".into(),
-            arg(&cert_path),
-            "--tls-key".into(),
-            arg(&key_path),
-            "--tls-client-ca".into(),
-            arg(&client_ca_path),
-            "--tls-peer-ca".into(),
-            arg(&node_ca_path),
-            "--tls-reload-interval".into(),
-            "200ms".into(),
-        ],
-        client_tls: Some(ClientTlsFiles {
-            ca: node_ca.pem.clone().into_bytes(),
-            cert: gw_cert.clone().into_bytes(),
-            key: gw_key.clone().into_bytes(),
-        }),
+        extra_args,
+        client_tls: Some(harness_tls(&node_ca, &gw_cert, &gw_key)),
         ..ClusterOptions::default()
     };
     // Starting waits for a leader, which needs Raft over mutual TLS between the nodes.
@@ -265,27 +251,18 @@ async fn roles_from_certificates_and_tokens() {
              [[token]]\ntoken = \"{gw_token}\"\nrole = \"gateway\"\n"
         ),
     );
+    let files = MutualTls::write(dir.path(), &node_ca, &client_ca, &node_cert, &node_key);
+    let mut extra_args = files.args();
+    extra_args.extend([
+        "--authz".into(),
+        arg(&authz),
+        "--tls-reload-interval".into(),
+        "200ms".into(),
+    ]);
     let options = ClusterOptions {
-        extra_args: vec![
-            "--tls-cert".into(),
-            arg(&write(dir.path(), "node.pem", &node_cert)),
-            "--tls-key".into(),
-            arg(&write(dir.path(), "node-key.pem", &node_key)),
-            "--tls-client-ca".into(),
-            arg(&write(dir.path(), "client-ca.pem", &client_ca.pem)),
-            "--tls-peer-ca".into(),
-            arg(&write(dir.path(), "node-ca.pem", &node_ca.pem)),
-            "--authz".into(),
-            arg(&authz),
-            "--tls-reload-interval".into(),
-            "200ms".into(),
-        ],
+        extra_args,
         // The harness itself operates the cluster: it needs the admin role.
-        client_tls: Some(ClientTlsFiles {
-            ca: node_ca.pem.clone().into_bytes(),
-            cert: ops_cert.clone().into_bytes(),
-            key: ops_key.clone().into_bytes(),
-        }),
+        client_tls: Some(harness_tls(&node_ca, &ops_cert, &ops_key)),
         ..ClusterOptions::default()
     };
     let cluster = Cluster::start("authz", options).await;
@@ -361,7 +338,7 @@ async fn roles_from_certificates_and_tokens() {
     // affinityctl with a gateway certificate: refused alone, allowed with the admin token.
     let gw_cert_path = write(dir.path(), "gw.pem", &gw_cert);
     let gw_key_path = write(dir.path(), "gw-key.pem", &gw_key);
-    let node_ca_path = dir.path().join("node-ca.pem");
+    let node_ca_path = files.node_ca.clone();
     let ctl = |token: Option<&str>| {
         let mut command = std::process::Command::new(bins::affinityctl());
         command
