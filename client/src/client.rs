@@ -354,6 +354,7 @@ impl AffinityClient {
             policy: Some(policy.to_pb()),
             endpoint: proposed.to_string(),
             eligible_endpoints: eligible.to_vec(),
+            request_id: request::new_request_id(),
         };
         // Bad input never leaves this process.
         let checked = request::Resolve::try_from(wire.clone())?;
@@ -563,6 +564,7 @@ impl AffinityClient {
             policy: Some(policy.to_pb()),
             expected_endpoint: expected.to_string(),
             endpoint: endpoint.to_string(),
+            request_id: request::new_request_id(),
         };
         request::Reassign::try_from(wire.clone())?;
         let resp = self
@@ -586,6 +588,7 @@ impl AffinityClient {
             scope: scope.to_string(),
             client_ip: ip.to_string(),
             policy: Some(policy.to_pb()),
+            request_id: request::new_request_id(),
         };
         request::Release::try_from(wire.clone())?;
         let resp = self
@@ -607,6 +610,7 @@ impl AffinityClient {
         let wire = pb::DrainEndpointRequest {
             scope: scope.unwrap_or_default().to_string(),
             endpoint: endpoint.to_string(),
+            request_id: request::new_request_id(),
         };
         request::DrainEndpoint::try_from(wire.clone())?;
         let resp = self

@@ -169,6 +169,7 @@ fn request_seeds() -> Vec<Vec<u8>> {
                 policy: Some(policy()),
                 endpoint: "10.0.0.1:80".into(),
                 eligible_endpoints: vec!["10.0.0.1:80".into(), "10.0.0.2:80".into()],
+                request_id: "0f3c9a7e5b2d4c1a8e6f0b9d7c5a3e1f".into(),
             };
             let _ = m.encode(out);
         }),
@@ -188,6 +189,7 @@ fn request_seeds() -> Vec<Vec<u8>> {
                 policy: Some(policy()),
                 expected_endpoint: "10.0.0.1:80".into(),
                 endpoint: "10.0.0.2:80".into(),
+                request_id: String::new(),
             };
             let _ = m.encode(out);
         }),
@@ -229,18 +231,22 @@ fn log_seeds() -> Vec<Vec<u8>> {
         pb::entry::Payload::Blank(pb::Blank {}),
         pb::entry::Payload::Command(pb::Command {
             stamp_ms: 1_700_000_000_000,
+            request_id: String::new(),
             op: Some(resolve.clone()),
         }),
         pb::entry::Payload::Command(pb::Command {
             stamp_ms: 1_700_000_000_000,
+            request_id: String::new(),
             op: Some(pb::command::Op::Batch(pb::BatchOp {
                 ops: vec![
                     pb::Command {
                         stamp_ms: 0,
+                        request_id: "gw-1-call-7".into(),
                         op: Some(resolve.clone()),
                     },
                     pb::Command {
                         stamp_ms: 0,
+                        request_id: String::new(),
                         op: Some(release.clone()),
                     },
                 ],
@@ -248,6 +254,7 @@ fn log_seeds() -> Vec<Vec<u8>> {
         }),
         pb::entry::Payload::Command(pb::Command {
             stamp_ms: 1_700_000_000_001,
+            request_id: "gw-2-call-9".into(),
             op: Some(release),
         }),
     ];

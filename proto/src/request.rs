@@ -12,6 +12,7 @@
 //! | `eligible_endpoints` | at most 1024 entries, and they must include `endpoint` |
 //! | `page_size` | 0 (default 100) ..= 1000 |
 //! | `page_token` | at most 1024 bytes |
+//! | `request_id` | empty (none), or 1..=128 printable ASCII characters without spaces |
 
 use crate::error::ValidationError;
 use crate::key::{ClientKey, Masks, truncate_for_message};
@@ -30,6 +31,38 @@ pub const DEFAULT_PAGE_SIZE: u32 = 100;
 pub const MAX_PAGE_SIZE: u32 = 1000;
 /// Longest page token, in bytes.
 pub const MAX_PAGE_TOKEN_BYTES: usize = 1024;
+/// Longest request id, in bytes.
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// Check a write's `request_id`: empty (no id), or 1..=128 printable ASCII characters
+/// without spaces.
+pub fn check_request_id(field: &'static str, id: &str) -> Result<(), ValidationError> {
+    if id.len() > MAX_REQUEST_ID_BYTES {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "must be at most {MAX_REQUEST_ID_BYTES} bytes (got {})",
+                id.len()
+            ),
+        ));
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "must be printable ASCII without spaces (got {:?})",
+                truncate_for_message(id)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A fresh name for one logical write, to send as its `request_id` and keep across its
+/// retries: 128 random bits as 32 hex digits.
+pub fn new_request_id() -> String {
+    format!("{:032x}", fastrand::u128(..))
+}
 
 /// Check a scope: 1..=256 bytes, no control characters.
 pub fn check_scope(field: &'static str, scope: &str) -> Result<(), ValidationError> {
@@ -110,6 +143,8 @@ pub struct Resolve {
     pub endpoint: String,
     /// Endpoints that may serve; empty means any.
     pub eligible: Vec<String>,
+    /// The caller's name for this write; empty: none.
+    pub request_id: String,
 }
 
 impl TryFrom<pb::ResolveRequest> for Resolve {
@@ -141,12 +176,14 @@ impl TryFrom<pb::ResolveRequest> for Resolve {
                 ),
             ));
         }
+        check_request_id("request_id", &req.request_id)?;
         Ok(Self {
             scope: req.scope,
             key,
             policy,
             endpoint: req.endpoint,
             eligible: req.eligible_endpoints,
+            request_id: req.request_id,
         })
     }
 }
@@ -190,6 +227,8 @@ pub struct Reassign {
     pub expected_endpoint: String,
     /// Endpoint of the new lease.
     pub endpoint: String,
+    /// The caller's name for this write; empty: none.
+    pub request_id: String,
 }
 
 impl TryFrom<pb::ReassignRequest> for Reassign {
@@ -201,12 +240,14 @@ impl TryFrom<pb::ReassignRequest> for Reassign {
         let key = key(&req.client_ip, policy.masks())?;
         check_endpoint("expected_endpoint", &req.expected_endpoint)?;
         check_endpoint("endpoint", &req.endpoint)?;
+        check_request_id("request_id", &req.request_id)?;
         Ok(Self {
             scope: req.scope,
             key,
             policy,
             expected_endpoint: req.expected_endpoint,
             endpoint: req.endpoint,
+            request_id: req.request_id,
         })
     }
 }
@@ -218,6 +259,8 @@ pub struct Release {
     pub scope: String,
     /// Masked client key.
     pub key: ClientKey,
+    /// The caller's name for this write; empty: none.
+    pub request_id: String,
 }
 
 impl TryFrom<pb::ReleaseRequest> for Release {
@@ -227,9 +270,11 @@ impl TryFrom<pb::ReleaseRequest> for Release {
         check_scope("scope", &req.scope)?;
         let masks = masks_only(req.policy.as_ref())?;
         let key = key(&req.client_ip, masks)?;
+        check_request_id("request_id", &req.request_id)?;
         Ok(Self {
             scope: req.scope,
             key,
+            request_id: req.request_id,
         })
     }
 }
@@ -241,6 +286,8 @@ pub struct DrainEndpoint {
     pub scope: Option<String>,
     /// Endpoint whose leases go.
     pub endpoint: String,
+    /// The caller's name for this write; empty: none.
+    pub request_id: String,
 }
 
 impl TryFrom<pb::DrainEndpointRequest> for DrainEndpoint {
@@ -249,9 +296,11 @@ impl TryFrom<pb::DrainEndpointRequest> for DrainEndpoint {
     fn try_from(req: pb::DrainEndpointRequest) -> Result<Self, Self::Error> {
         let scope = optional_scope(req.scope)?;
         check_endpoint("endpoint", &req.endpoint)?;
+        check_request_id("request_id", &req.request_id)?;
         Ok(Self {
             scope,
             endpoint: req.endpoint,
+            request_id: req.request_id,
         })
     }
 }
@@ -341,6 +390,7 @@ mod tests {
             policy: Some(policy()),
             endpoint: "10.4.0.17:8080".into(),
             eligible_endpoints: vec![],
+            request_id: String::new(),
         }
     }
 
@@ -350,6 +400,31 @@ mod tests {
         let mut req = resolve();
         edit(&mut req);
         Resolve::try_from(req).unwrap_err()
+    }
+
+    #[test]
+    fn request_ids_are_optional_printable_and_bounded() {
+        let named = pb::ResolveRequest {
+            request_id: new_request_id(),
+            ..resolve()
+        };
+        assert_eq!(named.request_id.len(), 32);
+        assert_eq!(Resolve::try_from(named.clone()).unwrap().request_id, named.request_id);
+        assert_eq!(Resolve::try_from(resolve()).unwrap().request_id, "");
+        assert_ne!(new_request_id(), new_request_id());
+        for (bad, rule) in [
+            ("two words", "printable ASCII"),
+            ("caf\u{e9}", "printable ASCII"),
+            (&"x".repeat(129), "at most 128 bytes"),
+        ] {
+            let err = Resolve::try_from(pb::ResolveRequest {
+                request_id: bad.to_string(),
+                ..resolve()
+            })
+            .unwrap_err();
+            assert_eq!(err.field, "request_id");
+            assert!(err.rule.contains(rule), "{bad:?}: {err}");
+        }
     }
 
     #[test]
@@ -435,6 +510,7 @@ mod tests {
             scope: "s".into(),
             client_ip: "10.1.2.3".into(),
             policy: Some(policy()),
+            request_id: String::new(),
         })
         .unwrap();
         assert_eq!(r.key.to_string(), "10.1.2.0/24");
@@ -459,6 +535,7 @@ mod tests {
             policy: Some(policy()),
             expected_endpoint: "a:1".into(),
             endpoint: "b:1".into(),
+            request_id: String::new(),
         };
         assert!(Reassign::try_from(base.clone()).is_ok());
         let mut bad = base.clone();
@@ -477,12 +554,14 @@ mod tests {
         let d = DrainEndpoint::try_from(pb::DrainEndpointRequest {
             scope: String::new(),
             endpoint: "a:1".into(),
+            request_id: String::new(),
         })
         .unwrap();
         assert_eq!(d.scope, None);
         let err = DrainEndpoint::try_from(pb::DrainEndpointRequest {
             scope: "x\ty".into(),
             endpoint: "a:1".into(),
+            request_id: String::new(),
         })
         .unwrap_err();
         assert_eq!(err.field, "scope");
@@ -500,6 +579,7 @@ mod tests {
         let err = DrainEndpoint::try_from(pb::DrainEndpointRequest {
             scope: "s".into(),
             endpoint: String::new(),
+            request_id: String::new(),
         })
         .unwrap_err();
         assert_eq!(err.field, "endpoint");

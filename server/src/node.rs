@@ -462,15 +462,21 @@ impl Node {
 
     fn write_error(&self, e: RaftError<TypeConfig, ClientWriteError<TypeConfig>>) -> ServiceError {
         match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => self.not_leader(f.leader_id, f.leader_node),
-            RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => ServiceError::Unavailable(
-                "leadership changed while the write was in flight; it may or may not be applied; retrying is safe".into(),
-            ),
+            // Discarded: this node lost the lead with the write in its log, and another node
+            // may yet commit it. Writes are named (a request id), so sending it on to the
+            // leader applies it at most once.
+            RaftError::APIError(
+                ClientWriteError::ForwardToLeader(f) | ClientWriteError::LogEntryDiscarded(f),
+            ) => self.not_leader(f.leader_id, f.leader_node),
             RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
                 ServiceError::FailedPrecondition(e.to_string())
             }
-            RaftError::APIError(ClientWriteError::PreconditionFailed(e)) => ServiceError::FailedPrecondition(e.to_string()),
-            RaftError::Fatal(f) => ServiceError::Unavailable(format!("this node's raft has stopped: {f}")),
+            RaftError::APIError(ClientWriteError::PreconditionFailed(e)) => {
+                ServiceError::FailedPrecondition(e.to_string())
+            }
+            RaftError::Fatal(f) => {
+                ServiceError::Unavailable(format!("this node's raft has stopped: {f}"))
+            }
         }
     }
 
@@ -488,9 +494,17 @@ impl Node {
             Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(f)))) => {
                 Err(self.not_leader(f.leader_id, f.leader_node))
             }
-            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)))) => Err(
-                ServiceError::Unavailable(format!("no quorum confirmed this leader: {e}")),
-            ),
+            // Deposed while confirming: the caller is sent on to the leader it now knows.
+            Ok(Err(RaftError::APIError(LinearizableReadError::QuorumNotEnough(e)))) => {
+                match self.leader() {
+                    Some((id, address)) if id != self.id => {
+                        Err(self.not_leader(Some(id), address.map(RaftNode::new)))
+                    }
+                    _ => Err(ServiceError::Unavailable(format!(
+                        "no quorum confirmed this leader: {e}"
+                    ))),
+                }
+            }
             Ok(Err(RaftError::Fatal(f))) => Err(ServiceError::Unavailable(format!(
                 "this node's raft has stopped: {f}"
             ))),
@@ -658,6 +672,31 @@ impl Node {
             Ok(()) => Ok(to),
             Err(_) => Err(budget.expired("the leadership transfer")),
         }
+    }
+
+    /// The leader, once this node knows one other than itself: its id and client address.
+    /// `None` if none is known before `budget` runs out, or if this node leads again.
+    pub async fn await_leader(&self, budget: Budget) -> Option<(NodeId, String)> {
+        let mut metrics = self.raft.metrics();
+        let found = tokio::time::timeout_at(budget.until, async {
+            loop {
+                let leader = metrics.borrow_watched().current_leader;
+                match leader {
+                    Some(id) if id == self.id => return None,
+                    Some(id) => {
+                        if let Some(node) = self.member(id) {
+                            return Some((id, node.addr));
+                        }
+                    }
+                    None => {}
+                }
+                if metrics.changed().await.is_err() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        found.ok().flatten()
     }
 
     /// Wait until this node has applied the log up to `index`.

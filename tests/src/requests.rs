@@ -22,6 +22,7 @@ pub fn resolve(scope: &str, ip: &str, endpoint: &str, timeout: Duration) -> pb::
         policy: Some(policy(24, timeout)),
         endpoint: endpoint.into(),
         eligible_endpoints: vec![],
+        request_id: String::new(),
     }
 }
 

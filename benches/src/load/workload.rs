@@ -137,6 +137,7 @@ pub fn request(scope: &str, key: u32, policy: &Policy) -> pb::ResolveRequest {
         policy: Some(policy.to_pb()),
         endpoint: endpoint(key),
         eligible_endpoints: Vec::new(),
+        request_id: String::new(),
     }
 }
 

@@ -21,7 +21,7 @@ use super::{CLIENT_MAX_MESSAGE_BYTES, Ctx, watch};
 use crate::error::ServiceError;
 use crate::node::Budget;
 use crate::sm::lease::{prefix_from_pb, prefix_to_pb};
-use crate::sm::{Op, Outcome};
+use crate::sm::{Op, Outcome, RequestId};
 
 /// The client-facing service.
 pub struct AffinityService {
@@ -41,10 +41,27 @@ fn client(channel: tonic::transport::Channel) -> AffinityClient<tonic::transport
         .max_encoding_message_size(CLIENT_MAX_MESSAGE_BYTES)
 }
 
-fn unexpected(outcome: &Outcome) -> ServiceError {
-    ServiceError::Internal(format!(
-        "the state machine answered {outcome:?} to the wrong command"
-    ))
+/// An outcome of another kind than the write asked for: the answer remembered for a
+/// request id that an earlier write of another kind used.
+fn unexpected(outcome: &Outcome, request_id: &str) -> ServiceError {
+    if request_id.is_empty() {
+        ServiceError::Internal(format!(
+            "the state machine answered {outcome:?} to the wrong command"
+        ))
+    } else {
+        ServiceError::FailedPrecondition(format!(
+            "request_id {request_id:?} names an earlier write of another kind; give every call its own request_id"
+        ))
+    }
+}
+
+/// A write arriving without a request id is named here, before it is proposed or forwarded,
+/// so that a forward after this node lost the lead (when the write may already be in the
+/// log) cannot apply it twice. Calls forwarded by another node carry that node's name.
+fn name_write(call: &super::call::Call, request_id: &mut String) {
+    if request_id.is_empty() && !call.forwarded() {
+        *request_id = request::new_request_id();
+    }
 }
 
 /// A List continuation token: the last (scope, key) returned, opaque to callers.
@@ -86,6 +103,26 @@ impl AffinityService {
         if !node.is_leader() {
             return Ok(None);
         }
+        // A retry of a write this store already applied gets that write's answer.
+        if let Some(id) = RequestId::checked(checked.request_id.clone())
+            && node.state().outcome_of(&id, node.stamp_now()).is_some()
+        {
+            node.linearize_by_lease(budget).await?;
+            return match node.state().outcome_of(&id, node.stamp_now()) {
+                Some(Outcome::Resolved {
+                    lease,
+                    created,
+                    replaced,
+                }) => Ok(Some(pb::ResolveResponse {
+                    lease: Some(lease.to_pb()),
+                    created,
+                    replaced,
+                })),
+                Some(other) => Err(unexpected(&other, &checked.request_id)),
+                // Forgotten meanwhile: the write path decides.
+                None => Ok(None),
+            };
+        }
         let kept = || {
             node.state()
                 .lookup(&checked.scope, checked.key, node.stamp_now())
@@ -114,10 +151,12 @@ impl Affinity for AffinityService {
         &self,
         request: Request<pb::ResolveRequest>,
     ) -> Result<Response<pb::ResolveResponse>, Status> {
-        serve("Resolve", &self.ctx, request, async |call, wire| {
-            let spare = self.ctx.spare(&wire);
+        serve("Resolve", &self.ctx, request, async |call, mut wire| {
+            name_write(call, &mut wire.request_id);
+            let spare = self.ctx.spare(call, &wire);
             let checked = request::Resolve::try_from(wire).map_err(invalid)?;
             call.record_key(&checked.scope, &checked.key);
+            let request_id = checked.request_id.clone();
             let answer = |outcome| match outcome {
                 Outcome::Resolved {
                     lease,
@@ -128,7 +167,7 @@ impl Affinity for AffinityService {
                     created,
                     replaced,
                 }),
-                other => Err(unexpected(&other)),
+                other => Err(unexpected(&other, &request_id)),
             };
             let budget = call.budget(self.ctx.node.proposal_timeout());
             let work = async {
@@ -156,7 +195,7 @@ impl Affinity for AffinityService {
         request: Request<pb::LookupRequest>,
     ) -> Result<Response<pb::LookupResponse>, Status> {
         serve("Lookup", &self.ctx, request, async |call, wire| {
-            let spare = self.ctx.spare(&wire);
+            let spare = self.ctx.spare(call, &wire);
             let checked = request::Lookup::try_from(wire).map_err(invalid)?;
             call.record_key(&checked.scope, &checked.key);
             let read = || {
@@ -182,16 +221,18 @@ impl Affinity for AffinityService {
         &self,
         request: Request<pb::ReassignRequest>,
     ) -> Result<Response<pb::ReassignResponse>, Status> {
-        serve("Reassign", &self.ctx, request, async |call, wire| {
-            let spare = self.ctx.spare(&wire);
+        serve("Reassign", &self.ctx, request, async |call, mut wire| {
+            name_write(call, &mut wire.request_id);
+            let spare = self.ctx.spare(call, &wire);
             let checked = request::Reassign::try_from(wire).map_err(invalid)?;
             call.record_key(&checked.scope, &checked.key);
+            let request_id = checked.request_id.clone();
             let answer = |outcome| match outcome {
                 Outcome::Reassigned { lease, swapped } => Ok(pb::ReassignResponse {
                     lease: lease.as_ref().map(crate::sm::Lease::to_pb),
                     swapped,
                 }),
-                other => Err(unexpected(&other)),
+                other => Err(unexpected(&other, &request_id)),
             };
             self.ctx
                 .propose_or_forward(
@@ -210,17 +251,16 @@ impl Affinity for AffinityService {
         &self,
         request: Request<pb::ReleaseRequest>,
     ) -> Result<Response<pb::ReleaseResponse>, Status> {
-        serve("Release", &self.ctx, request, async |call, wire| {
-            let spare = self.ctx.spare(&wire);
+        serve("Release", &self.ctx, request, async |call, mut wire| {
+            name_write(call, &mut wire.request_id);
+            let spare = self.ctx.spare(call, &wire);
             let checked = request::Release::try_from(wire).map_err(invalid)?;
             call.record_key(&checked.scope, &checked.key);
-            let op = Op::Release {
-                scope: checked.scope,
-                key: checked.key,
-            };
+            let request_id = checked.request_id.clone();
+            let op = Op::release(checked);
             let answer = |outcome| match outcome {
                 Outcome::Released(released) => Ok(pb::ReleaseResponse { released }),
-                other => Err(unexpected(&other)),
+                other => Err(unexpected(&other, &request_id)),
             };
             self.ctx
                 .propose_or_forward(call, op, spare, answer, |channel, req| async move {
@@ -235,25 +275,29 @@ impl Affinity for AffinityService {
         &self,
         request: Request<pb::DrainEndpointRequest>,
     ) -> Result<Response<pb::DrainEndpointResponse>, Status> {
-        serve("DrainEndpoint", &self.ctx, request, async |call, wire| {
-            let spare = self.ctx.spare(&wire);
-            let checked = request::DrainEndpoint::try_from(wire).map_err(invalid)?;
-            call.span()
-                .record("scope", checked.scope.as_deref().unwrap_or("*"));
-            let op = Op::DrainEndpoint {
-                scope: checked.scope,
-                endpoint: checked.endpoint,
-            };
-            let answer = |outcome| match outcome {
-                Outcome::Drained(removed) => Ok(pb::DrainEndpointResponse { removed }),
-                other => Err(unexpected(&other)),
-            };
-            self.ctx
-                .propose_or_forward(call, op, spare, answer, |channel, req| async move {
-                    client(channel).drain_endpoint(req).await
-                })
-                .await
-        })
+        serve(
+            "DrainEndpoint",
+            &self.ctx,
+            request,
+            async |call, mut wire| {
+                name_write(call, &mut wire.request_id);
+                let spare = self.ctx.spare(call, &wire);
+                let checked = request::DrainEndpoint::try_from(wire).map_err(invalid)?;
+                call.span()
+                    .record("scope", checked.scope.as_deref().unwrap_or("*"));
+                let request_id = checked.request_id.clone();
+                let op = Op::drain(checked);
+                let answer = |outcome| match outcome {
+                    Outcome::Drained(removed) => Ok(pb::DrainEndpointResponse { removed }),
+                    other => Err(unexpected(&other, &request_id)),
+                };
+                self.ctx
+                    .propose_or_forward(call, op, spare, answer, |channel, req| async move {
+                        client(channel).drain_endpoint(req).await
+                    })
+                    .await
+            },
+        )
         .await
     }
 
@@ -262,7 +306,7 @@ impl Affinity for AffinityService {
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, Status> {
         serve("List", &self.ctx, request, async |call, wire| {
-            let spare = self.ctx.spare(&wire);
+            let spare = self.ctx.spare(call, &wire);
             let checked = request::List::try_from(wire).map_err(invalid)?;
             let after = if checked.page_token.is_empty() {
                 None

@@ -7,9 +7,12 @@
 //!
 //! Any node accepts any request. Writes and linearizable reads that need the leader are sent
 //! on to it once (one hop, within the caller's deadline, marked with
-//! `affinity-forwarded-by`); a forwarded request that reaches a node that is no longer the
-//! leader is answered UNAVAILABLE with the leader hint instead of hopping again. Errors are
-//! mapped to statuses in one place ([`status`]).
+//! `affinity-forwarded-by`), also by a leader that steps down while the call waits; a
+//! forwarded request that reaches a node that is no longer the leader is answered
+//! UNAVAILABLE with the leader hint instead of hopping again. Writes are named (a request
+//! id, given by the caller or by the node that first received them) before they are
+//! proposed or forwarded, so a forward after an unknown outcome applies them at most once.
+//! Errors are mapped to statuses in one place ([`status`]).
 
 pub mod affinity;
 pub mod call;
@@ -50,11 +53,12 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// A copy of `wire` to forward with, kept only when this node does not lead (the
-    /// leader's hot path copies nothing). If it loses leadership meanwhile, the caller gets
-    /// UNAVAILABLE with the new leader's address instead of a forward.
-    pub fn spare<Req: Clone>(&self, wire: &Req) -> Option<Req> {
-        (!self.node.is_leader()).then(|| wire.clone())
+    /// A copy of `wire` to forward with should the call need the leader and this node not
+    /// be it, now or by the time it is served: a leader that steps down while the call
+    /// waits sends it on to the new leader. A call another node forwarded here is not
+    /// forwarded again, so it needs no copy.
+    pub fn spare<Req: Clone>(&self, call: &Call, wire: &Req) -> Option<Req> {
+        (!call.forwarded()).then(|| wire.clone())
     }
 
     /// Propose `op` here if this node leads; otherwise send `wire` to the leader.
@@ -95,8 +99,10 @@ impl Ctx {
         self.here_or_leader(call, budget, wire, work, forward).await
     }
 
-    /// Do `work` here; if it needs the leader and this node is not it, send `wire` there
-    /// instead (unless this call was itself forwarded, or there is no `wire` to send).
+    /// Do `work` here; if it needs the leader and this node is not it (or stopped being it
+    /// while the call waited), send `wire` there instead, within the call's budget: to the
+    /// leader the error names, else to the one this node learns of before the budget ends.
+    /// A call that was itself forwarded, or has no `wire` to send, gets the error.
     pub async fn here_or_leader<Req, Resp, Fwd, Fut>(
         &self,
         call: &Call,
@@ -109,32 +115,45 @@ impl Ctx {
         Fwd: FnOnce(Channel, tonic::Request<Req>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<Resp>, Status>>,
     {
-        match (work.await, wire) {
-            (Ok(resp), _) => Ok(resp),
-            (
-                Err(ServiceError::NotLeader {
-                    leader_address: Some(address),
-                    leader_id,
-                }),
-                Some(wire),
-            ) if !call.forwarded() => {
-                // Peers reach the leader at its peer address, which may differ from the
-                // client address named in hints.
-                let peer_address = leader_id
-                    .and_then(|id| self.node.member(id))
-                    .and_then(|n| n.peer_addr)
-                    .unwrap_or_else(|| address.clone());
-                let leader = Leader {
-                    id: leader_id,
-                    address: &address,
-                    peer_address: &peer_address,
-                };
-                // Boxed: the forwarding future is large and rarely needed, and kept inline
-                // it would be copied around with every call's future.
-                Box::pin(self.forward(call, budget, leader, wire, forward)).await
-            }
-            (Err(e), _) => Err(e.into()),
-        }
+        let (leader_id, leader_address) = match work.await {
+            Ok(resp) => return Ok(resp),
+            Err(ServiceError::NotLeader {
+                leader_id,
+                leader_address,
+            }) => (leader_id, leader_address),
+            Err(e) => return Err(e.into()),
+        };
+        let not_leader = |leader_id, leader_address| {
+            Status::from(ServiceError::NotLeader {
+                leader_id,
+                leader_address,
+            })
+        };
+        let Some(wire) = wire.filter(|_| !call.forwarded()) else {
+            return Err(not_leader(leader_id, leader_address));
+        };
+        let (leader_id, address) = match leader_address {
+            Some(address) => (leader_id, address),
+            // Just deposed, or in an election: wait for the next leader.
+            None => match self.node.await_leader(budget).await {
+                Some((id, address)) => (Some(id), address),
+                None => return Err(not_leader(None, None)),
+            },
+        };
+        // Peers reach the leader at its peer address, which may differ from the client
+        // address named in hints.
+        let peer_address = leader_id
+            .and_then(|id| self.node.member(id))
+            .and_then(|n| n.peer_addr)
+            .unwrap_or_else(|| address.clone());
+        let leader = Leader {
+            id: leader_id,
+            address: &address,
+            peer_address: &peer_address,
+        };
+        // Boxed: the forwarding future is large and rarely needed, and kept inline it
+        // would be copied around with every call's future.
+        Box::pin(self.forward(call, budget, leader, wire, forward)).await
     }
 
     /// Send a request to the leader, once, with what is left of the budget.

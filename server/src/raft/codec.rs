@@ -265,6 +265,7 @@ mod tests {
         let wrap = |ops: Vec<pb::Command>| pb::Command {
             stamp_ms: 1,
             op: Some(pb::command::Op::Batch(pb::BatchOp { ops })),
+            ..Default::default()
         };
         let err = Command::from_pb(wrap(Vec::new())).unwrap_err().to_string();
         assert!(
@@ -321,6 +322,7 @@ mod tests {
             log_id: Some(pb::LogId { term: 1, index: 1 }),
             payload: Some(pb::entry::Payload::Command(pb::Command {
                 stamp_ms: 0,
+                request_id: String::new(),
                 op: Some(pb::command::Op::Release(pb::ReleaseOp {
                     key: Some(pb::LeaseKey {
                         scope: "s".into(),

@@ -10,6 +10,7 @@ use affinity_proto::request::{check_endpoint, check_scope};
 use affinity_proto::{ClientKey, Policy, ValidationError, pb, request};
 
 use super::lease::{Lease, prefix_from_pb, prefix_to_pb};
+use super::once::RequestId;
 use super::snapshot::leases_from_stored;
 
 /// A state-machine command: an operation and the leader's clock when it was proposed.
@@ -87,10 +88,18 @@ pub enum Op {
     /// Client operations proposed together, applied in order at the batch's stamp and log
     /// index; only [`Op::batchable`] ones, never empty.
     Batch(Vec<Op>),
+    /// A named client write (see [`super::once`]): applied only if `id` is not remembered;
+    /// otherwise its first outcome is returned and nothing changes. Never nested.
+    Once {
+        /// The caller's name for the write.
+        id: RequestId,
+        /// The write: a resolve, reassign, release or drain.
+        op: Box<Op>,
+    },
 }
 
 impl Op {
-    /// A Resolve from a checked request.
+    /// A Resolve from a checked request (named when the request is).
     pub fn resolve(req: request::Resolve) -> Self {
         Op::Resolve {
             scope: req.scope,
@@ -100,9 +109,10 @@ impl Op {
             absolute_timeout_ms: req.policy.absolute_timeout_ms(),
             idle_timeout_ms: req.policy.idle_timeout_ms(),
         }
+        .named(RequestId::checked(req.request_id))
     }
 
-    /// A Reassign from a checked request.
+    /// A Reassign from a checked request (named when the request is).
     pub fn reassign(req: request::Reassign) -> Self {
         Op::Reassign {
             scope: req.scope,
@@ -112,14 +122,57 @@ impl Op {
             absolute_timeout_ms: req.policy.absolute_timeout_ms(),
             idle_timeout_ms: req.policy.idle_timeout_ms(),
         }
+        .named(RequestId::checked(req.request_id))
+    }
+
+    /// A Release from a checked request (named when the request is).
+    pub fn release(req: request::Release) -> Self {
+        Op::Release {
+            scope: req.scope,
+            key: req.key,
+        }
+        .named(RequestId::checked(req.request_id))
+    }
+
+    /// A DrainEndpoint from a checked request (named when the request is).
+    pub fn drain(req: request::DrainEndpoint) -> Self {
+        Op::DrainEndpoint {
+            scope: req.scope,
+            endpoint: req.endpoint,
+        }
+        .named(RequestId::checked(req.request_id))
+    }
+
+    /// `self`, named `id` when there is one.
+    #[must_use]
+    pub fn named(self, id: Option<RequestId>) -> Self {
+        match id {
+            Some(id) => Op::Once {
+                id,
+                op: Box::new(self),
+            },
+            None => self,
+        }
     }
 
     /// Whether the leader may propose this operation together with others in one entry:
-    /// the small per-client writes (resolve, reassign, release).
+    /// the small per-client writes (resolve, reassign, release), named or not.
     pub fn batchable(&self) -> bool {
+        match self {
+            Op::Resolve { .. } | Op::Reassign { .. } | Op::Release { .. } => true,
+            Op::Once { op, .. } => op.batchable(),
+            _ => false,
+        }
+    }
+
+    /// Whether a caller may name this operation: the client writes.
+    fn nameable(&self) -> bool {
         matches!(
             self,
-            Op::Resolve { .. } | Op::Reassign { .. } | Op::Release { .. }
+            Op::Resolve { .. }
+                | Op::Reassign { .. }
+                | Op::Release { .. }
+                | Op::DrainEndpoint { .. }
         )
     }
 
@@ -134,6 +187,7 @@ impl Op {
             Op::Sweep { .. } => "sweep",
             Op::Import { .. } => "import",
             Op::Batch(_) => "batch",
+            Op::Once { op, .. } => op.name(),
         }
     }
 }
@@ -141,17 +195,26 @@ impl Op {
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}@{}", self.op.name(), self.stamp_ms)?;
-        match &self.op {
-            Op::Resolve { scope, key, .. }
-            | Op::Reassign { scope, key, .. }
-            | Op::Release { scope, key } => write!(f, "({scope} {key})"),
-            Op::DrainEndpoint { scope, endpoint } => {
-                write!(f, "({} {endpoint})", scope.as_deref().unwrap_or("*"))
-            }
-            Op::Touch { keys } => write!(f, "({} keys)", keys.len()),
-            Op::Sweep { up_to_ms } => write!(f, "(<= {up_to_ms})"),
-            Op::Import { leases } => write!(f, "({} leases)", leases.len()),
-            Op::Batch(ops) => write!(f, "({} ops)", ops.len()),
+        describe(&self.op, f)
+    }
+}
+
+/// What an operation is about, for logs.
+fn describe(op: &Op, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    match op {
+        Op::Resolve { scope, key, .. }
+        | Op::Reassign { scope, key, .. }
+        | Op::Release { scope, key } => write!(f, "({scope} {key})"),
+        Op::DrainEndpoint { scope, endpoint } => {
+            write!(f, "({} {endpoint})", scope.as_deref().unwrap_or("*"))
+        }
+        Op::Touch { keys } => write!(f, "({} keys)", keys.len()),
+        Op::Sweep { up_to_ms } => write!(f, "(<= {up_to_ms})"),
+        Op::Import { leases } => write!(f, "({} leases)", leases.len()),
+        Op::Batch(ops) => write!(f, "({} ops)", ops.len()),
+        Op::Once { id, op } => {
+            describe(op, f)?;
+            write!(f, "[{id}]")
         }
     }
 }
@@ -271,24 +334,55 @@ fn timeouts(absolute: u64, idle: Option<u64>) -> Result<(), ValidationError> {
 impl Command {
     /// The log record form.
     pub fn to_pb(&self) -> pb::Command {
-        pb::Command {
-            stamp_ms: self.stamp_ms,
-            op: Some(op_to_pb(&self.op)),
-        }
+        command_to_pb(self.stamp_ms, &self.op)
     }
 
     /// Decode and re-check a log record.
     pub fn from_pb(wire: pb::Command) -> Result<Self, ValidationError> {
         Ok(Command {
             stamp_ms: wire.stamp_ms,
-            op: op_from_pb(wire.op)?,
+            op: named_op_from_pb(&wire.request_id, wire.op)?,
         })
     }
+}
+
+/// A command record: a named write carries its name beside the operation.
+fn command_to_pb(stamp_ms: i64, op: &Op) -> pb::Command {
+    let (request_id, op) = match op {
+        Op::Once { id, op } => (id.as_str().to_owned(), &**op),
+        op => (String::new(), op),
+    };
+    pb::Command {
+        stamp_ms,
+        request_id,
+        op: Some(op_to_pb(op)),
+    }
+}
+
+/// The operation of a command record, named when the record carries a request id.
+fn named_op_from_pb(
+    request_id: &str,
+    wire: Option<pb::command::Op>,
+) -> Result<Op, ValidationError> {
+    let id = RequestId::parse("command.request_id", request_id)?;
+    let op = op_from_pb(wire)?;
+    if id.is_some() && !op.nameable() {
+        return Err(ValidationError::new(
+            "command.request_id",
+            format!(
+                "names a {} (only resolve, reassign, release and drain_endpoint are named)",
+                op.name()
+            ),
+        ));
+    }
+    Ok(op.named(id))
 }
 
 fn op_to_pb(op: &Op) -> pb::command::Op {
     use pb::command::Op as W;
     match op {
+        // Named writes are encoded by `command_to_pb`; a name never nests.
+        Op::Once { op, .. } => op_to_pb(op),
         Op::Resolve {
             scope,
             key,
@@ -334,13 +428,7 @@ fn op_to_pb(op: &Op) -> pb::command::Op {
             leases: leases.iter().map(Lease::to_stored).collect(),
         }),
         Op::Batch(ops) => W::Batch(pb::BatchOp {
-            ops: ops
-                .iter()
-                .map(|op| pb::Command {
-                    stamp_ms: 0,
-                    op: Some(op_to_pb(op)),
-                })
-                .collect(),
+            ops: ops.iter().map(|op| command_to_pb(0, op)).collect(),
         }),
     }
 }
@@ -418,7 +506,7 @@ fn op_from_pb(wire: Option<pb::command::Op>) -> Result<Op, ValidationError> {
             }
             let mut ops = Vec::with_capacity(b.ops.len());
             for (i, inner) in b.ops.into_iter().enumerate() {
-                let op = op_from_pb(inner.op)?;
+                let op = named_op_from_pb(&inner.request_id, inner.op)?;
                 if !op.batchable() {
                     return Err(ValidationError::new(
                         format!("command.batch.ops[{i}]"),

@@ -305,6 +305,11 @@ impl Restorer {
         }
     }
 
+    /// Put back one remembered named write; they come oldest first.
+    pub fn remember(&mut self, remembered: super::once::Remembered) {
+        self.table.outcomes.restore(remembered);
+    }
+
     /// The table.
     pub fn finish(mut self) -> LeaseTable {
         self.flush();

@@ -20,6 +20,7 @@ pub mod command;
 mod import;
 mod layout;
 pub mod lease;
+pub mod once;
 pub mod snapshot;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,6 +31,7 @@ use affinity_proto::ClientKey;
 
 pub use command::{Command, Event, EventKind, Op, Outcome};
 pub use lease::Lease;
+pub use once::RequestId;
 
 pub(crate) use layout::Restorer;
 use layout::{Names, Record, Scope, idle};
@@ -50,12 +52,18 @@ pub struct LeaseTable {
     by_endpoint: BTreeSet<(u32, u32, ClientKey)>,
     scopes: Names,
     endpoints: Names,
+    /// First outcomes of recent named writes (see [`once`]).
+    outcomes: once::Outcomes,
 }
 
 impl PartialEq for LeaseTable {
-    /// Same clock and same leases (indexes, scope numbers and string sharing are derived).
+    /// Same clock, same leases and same remembered writes (indexes, scope numbers and
+    /// string sharing are derived).
     fn eq(&self, other: &Self) -> bool {
-        self.clock_ms == other.clock_ms && self.count == other.count && self.iter().eq(other.iter())
+        self.clock_ms == other.clock_ms
+            && self.count == other.count
+            && self.outcomes == other.outcomes
+            && self.iter().eq(other.iter())
     }
 }
 
@@ -152,7 +160,32 @@ impl LeaseTable {
                     .map(|op| self.apply_op(revision, now, op, events))
                     .collect(),
             ),
+            Op::Once { id, op } => {
+                self.outcomes.expire(now);
+                if let Some(first) = self.outcomes.get(id, now) {
+                    return first.clone();
+                }
+                let outcome = self.apply_op(revision, now, op, events);
+                self.outcomes.remember(id.clone(), now, outcome.clone());
+                outcome
+            }
         }
+    }
+
+    /// The first outcome of the named write `id`, if it is remembered at `now_ms` (or at
+    /// the table's clock, if that is later).
+    pub fn outcome_of(&self, id: &RequestId, now_ms: i64) -> Option<&Outcome> {
+        self.outcomes.get(id, now_ms.max(self.clock_ms))
+    }
+
+    /// The named writes remembered, oldest first.
+    pub fn remembered(&self) -> impl Iterator<Item = once::Remembered> + '_ {
+        self.outcomes.iter()
+    }
+
+    /// How many named writes are remembered.
+    pub fn remembered_len(&self) -> usize {
+        self.outcomes.len()
     }
 
     /// The live lease of (scope, key) as seen at `now_ms` (or at the table's clock, if that

@@ -1,14 +1,19 @@
 //! The snapshot format of a [`LeaseTable`]: versioned, streamed, checksummed.
 //!
-//! Format version 1 (see `proto/affinity/v1/storage.proto`):
+//! Format version 2 (see `proto/affinity/v1/storage.proto`):
 //!
 //! ```text
-//! "AFFSNAP\0"  u32-le version  | len+SnapshotHeader | len+StoredLease x lease_count | len+SnapshotTrailer
+//! "AFFSNAP\0"  u32-le version  | len+SnapshotHeader | len+StoredLease x lease_count
+//!                               | len+RememberedWrite x remembered_count | len+SnapshotTrailer
 //! ```
+//!
+//! Version 1 is the same without the remembered writes (the outcomes of recent named
+//! writes, [`super::once`]). A table that remembers none is written as version 1, so that a
+//! backup of it stays readable by builds that know only version 1; both are read.
 //!
 //! Lengths are protobuf varints. The trailer holds the lease count and a CRC-32 of every byte
 //! before it. Reading checks the magic, the version, each record (field rules, strictly
-//! increasing keys), the count, the checksum and that nothing follows the trailer: a damaged
+//! increasing keys), the counts, the checksum and that nothing follows the trailer: a damaged
 //! or truncated snapshot is reported with what is wrong, never loaded.
 //!
 //! The header carries an opaque [`pb::SnapshotMeta`] that the storage layer fills in (the
@@ -27,8 +32,10 @@ use super::lease::{Lease, prefix_from_pb};
 
 /// First bytes of every snapshot.
 pub const MAGIC: &[u8; 8] = b"AFFSNAP\0";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest format version this build writes and reads.
+pub const FORMAT_VERSION: u32 = 2;
+/// The version without remembered writes, still written when a table has none, and read.
+pub const FORMAT_VERSION_1: u32 = 1;
 /// Largest single record accepted when reading (a lease record is well under 1 KiB).
 const MAX_RECORD_BYTES: u64 = 16 * 1024 * 1024;
 
@@ -43,7 +50,7 @@ pub enum SnapshotError {
     BadMagic,
     /// Written by a newer (or unknown) format.
     #[error(
-        "snapshot format version {found} is not supported by this build (it reads version {FORMAT_VERSION})"
+        "snapshot format version {found} is not supported by this build (it reads versions {FORMAT_VERSION_1} and {FORMAT_VERSION})"
     )]
     UnsupportedVersion {
         /// The version in the file.
@@ -65,25 +72,36 @@ pub struct SnapshotStats {
     pub crc32: u32,
 }
 
-/// Write `table` with `meta` in format version 1.
+/// Write `table` with `meta`: format version 2, or 1 when it remembers no named write.
 pub fn write<W: Write>(
     table: &LeaseTable,
     meta: pb::SnapshotMeta,
     out: W,
 ) -> Result<SnapshotStats, SnapshotError> {
+    let remembered: Vec<pb::RememberedWrite> =
+        table.remembered().filter_map(|r| r.to_stored()).collect();
+    let version = if remembered.is_empty() {
+        FORMAT_VERSION_1
+    } else {
+        FORMAT_VERSION
+    };
     let mut out = Checksummed::new(out);
     out.write_all(MAGIC)?;
-    out.write_all(&FORMAT_VERSION.to_le_bytes())?;
+    out.write_all(&version.to_le_bytes())?;
     let lease_count = table.len() as u64;
     let header = pb::SnapshotHeader {
         meta: Some(meta),
         clock_ms: table.clock_ms(),
         lease_count,
+        remembered_count: remembered.len() as u64,
     };
     let mut buf = Vec::with_capacity(256);
     write_record(&mut out, &header, &mut buf)?;
     for lease in table.iter() {
         write_record(&mut out, &lease.to_stored(), &mut buf)?;
+    }
+    for record in &remembered {
+        write_record(&mut out, record, &mut buf)?;
     }
     let crc32 = out.hasher.clone().finalize();
     let trailer = pb::SnapshotTrailer { lease_count, crc32 };
@@ -118,7 +136,7 @@ pub fn read<R: Read>(input: R) -> Result<Decoded, SnapshotError> {
     let mut version = [0u8; 4];
     read_exact_or_corrupt(&mut input, &mut version, "version")?;
     let found = u32::from_le_bytes(version);
-    if found != FORMAT_VERSION {
+    if found != FORMAT_VERSION && found != FORMAT_VERSION_1 {
         return Err(SnapshotError::UnsupportedVersion { found });
     }
     let mut buf = Vec::new();
@@ -143,6 +161,30 @@ pub fn read<R: Read>(input: R) -> Result<Decoded, SnapshotError> {
         }
         previous = Some((Arc::clone(&lease.scope), lease.key));
         table.push(&lease);
+    }
+    let remembered = if found == FORMAT_VERSION_1 {
+        0
+    } else {
+        header.remembered_count
+    };
+    if remembered > super::once::MAX_REMEMBERED as u64 {
+        return Err(SnapshotError::Corrupt(format!(
+            "header counts {remembered} remembered writes (at most {} are kept)",
+            super::once::MAX_REMEMBERED
+        )));
+    }
+    let mut previous_ms = i64::MIN;
+    for n in 0..remembered {
+        let stored: pb::RememberedWrite = read_record(&mut input, &mut buf, "remembered write")?;
+        let write = super::once::Remembered::from_stored(stored)
+            .map_err(|e| SnapshotError::Corrupt(format!("remembered write #{n}: {e}")))?;
+        if write.applied_ms < previous_ms {
+            return Err(SnapshotError::Corrupt(format!(
+                "remembered write #{n} was applied before the previous one: they must be oldest first"
+            )));
+        }
+        previous_ms = write.applied_ms;
+        table.remember(write);
     }
     let table = table.finish();
     let crc32 = input.hasher.clone().finalize();

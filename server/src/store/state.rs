@@ -19,7 +19,7 @@ use super::changes::{Changes, Subscription};
 use super::snapshots::{CurrentSnapshot, SnapshotData, SnapshotStore};
 use crate::raft::{LogId, Snapshot, SnapshotMeta, StoredMembership, TypeConfig};
 use crate::sm::snapshot as format;
-use crate::sm::{Lease, LeaseTable, Outcome};
+use crate::sm::{Lease, LeaseTable, Outcome, RequestId};
 
 struct SmState {
     table: LeaseTable,
@@ -85,6 +85,16 @@ impl StateMachineStore {
     /// The live lease of (scope, key) at `now_ms`, from this replica.
     pub fn lookup(&self, scope: &str, key: ClientKey, now_ms: i64) -> Option<Lease> {
         self.inner.state.read().table.get(scope, key, now_ms)
+    }
+
+    /// The first outcome of the named write `id`, if this replica remembers it at `now_ms`.
+    pub fn outcome_of(&self, id: &RequestId, now_ms: i64) -> Option<Outcome> {
+        self.inner
+            .state
+            .read()
+            .table
+            .outcome_of(id, now_ms)
+            .cloned()
     }
 
     /// A page of live leases in key order (see [`LeaseTable::list`]).

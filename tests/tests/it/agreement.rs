@@ -40,6 +40,7 @@ fn arb_request() -> impl Strategy<Value = pb::ResolveRequest> {
                 }),
                 endpoint,
                 eligible_endpoints: eligible,
+                request_id: String::new(),
             }
         })
 }

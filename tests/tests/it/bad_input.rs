@@ -132,6 +132,7 @@ async fn every_bad_field_is_refused_by_name_and_nothing_is_stored() {
             policy: Some(policy(24, MINUTE)),
             expected_endpoint: "a:80".into(),
             endpoint: "b:80".into(),
+            request_id: String::new(),
         };
         assert_invalid(
             c.reassign(pb::ReassignRequest {
@@ -162,6 +163,7 @@ async fn every_bad_field_is_refused_by_name_and_nothing_is_stored() {
             scope: "ns/bad/0".into(),
             client_ip: "10.0.0.1".into(),
             policy: None,
+            request_id: String::new(),
         };
         assert_invalid(
             c.release(pb::ReleaseRequest {
@@ -184,6 +186,7 @@ async fn every_bad_field_is_refused_by_name_and_nothing_is_stored() {
             c.drain_endpoint(pb::DrainEndpointRequest {
                 scope: String::new(),
                 endpoint: String::new(),
+                request_id: String::new(),
             })
             .await,
             "endpoint",
@@ -192,6 +195,7 @@ async fn every_bad_field_is_refused_by_name_and_nothing_is_stored() {
             c.drain_endpoint(pb::DrainEndpointRequest {
                 scope: "a\u{7f}".into(),
                 endpoint: "a:80".into(),
+                request_id: String::new(),
             })
             .await,
             "scope",

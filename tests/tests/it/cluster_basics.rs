@@ -271,6 +271,7 @@ async fn replacement_cas_drain_list_and_watch_in_order() {
         policy: Some(policy(24, MINUTE)),
         expected_endpoint: expected.into(),
         endpoint: endpoint.into(),
+        request_id: String::new(),
     };
     let miss = client
         .reassign(reassign("a:80", "c:80"))
@@ -293,6 +294,7 @@ async fn replacement_cas_drain_list_and_watch_in_order() {
             scope: "ns/a/0".into(),
             client_ip: "10.0.0.4".into(),
             policy: Some(policy(24, MINUTE)),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -315,6 +317,7 @@ async fn replacement_cas_drain_list_and_watch_in_order() {
         .drain_endpoint(pb::DrainEndpointRequest {
             scope: "ns/b/0".into(),
             endpoint: "d:80".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap()
@@ -324,6 +327,7 @@ async fn replacement_cas_drain_list_and_watch_in_order() {
         .drain_endpoint(pb::DrainEndpointRequest {
             scope: String::new(),
             endpoint: "d:80".into(),
+            request_id: String::new(),
         })
         .await
         .unwrap()

@@ -86,6 +86,7 @@ async fn lease_limits_refuse_new_leases_and_change_nothing() {
             scope: "ns/b/0".into(),
             client_ip: "10.0.1.1".into(),
             policy: Some(affinity_tests::requests::policy(24, MINUTE)),
+            request_id: String::new(),
         })
         .await
         .unwrap();

@@ -336,6 +336,7 @@ async fn run(ctl: &Ctl, cmd: Cmd) -> Output {
                 policy: Some(policy(&masks, Some(&lifetime))),
                 endpoint,
                 eligible_endpoints: eligible,
+                request_id: affinity_proto::request::new_request_id(),
             };
             let resp = ctl
                 .affinity(|mut c| {
@@ -383,6 +384,7 @@ async fn run(ctl: &Ctl, cmd: Cmd) -> Output {
                 policy: Some(policy(&masks, Some(&lifetime))),
                 expected_endpoint: expected,
                 endpoint,
+                request_id: affinity_proto::request::new_request_id(),
             };
             let resp = ctl
                 .affinity(|mut c| {
@@ -397,6 +399,7 @@ async fn run(ctl: &Ctl, cmd: Cmd) -> Output {
                 scope,
                 client_ip: ip,
                 policy: Some(policy(&masks, None)),
+                request_id: affinity_proto::request::new_request_id(),
             };
             let resp = ctl
                 .affinity(|mut c| {
@@ -410,6 +413,7 @@ async fn run(ctl: &Ctl, cmd: Cmd) -> Output {
             let req = pb::DrainEndpointRequest {
                 scope: scope.unwrap_or_default(),
                 endpoint,
+                request_id: affinity_proto::request::new_request_id(),
             };
             let resp = ctl
                 .affinity(|mut c| {

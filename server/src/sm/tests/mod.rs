@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use affinity_proto::{ClientKey, pb};
 
+use super::once::RETENTION_MS;
 use super::*;
 
 fn key(text: &str) -> ClientKey {
@@ -470,8 +471,8 @@ fn damaged_snapshots_are_refused_with_a_reason() {
     };
     assert!(reason(b"PNG\0\0\0\0\0\x01\0\0\0").contains("magic"));
     let mut newer = good.clone();
-    newer[8] = 2;
-    assert!(reason(&newer).contains("version 2"));
+    newer[8] = 3;
+    assert!(reason(&newer).contains("version 3"));
     // Every truncation is caught.
     for cut in [10, 13, good.len() / 2, good.len() - 1] {
         assert!(reason(&good[..cut]).contains("corrupt"), "cut at {cut}");
@@ -487,6 +488,100 @@ fn damaged_snapshots_are_refused_with_a_reason() {
 }
 
 mod model;
+
+fn named(id: &str, op: Op) -> Op {
+    op.named(RequestId::parse("request_id", id).unwrap())
+}
+
+#[test]
+fn a_retried_release_does_not_delete_the_lease_created_since() {
+    // Gateway A releases a lease; its answer is lost and it retries. Meanwhile gateway B
+    // has created a new lease for the key. The retry must answer as the first try did and
+    // leave B's lease alone.
+    let mut r = Replica::default();
+    r.resolve(1, "10.0.0.0/24", "a");
+    let release = named(
+        "release-1",
+        Op::Release {
+            scope: "s".into(),
+            key: key("10.0.0.0/24"),
+        },
+    );
+    assert_eq!(r.apply(&cmd(2, release.clone())), Outcome::Released(true));
+    let (b, created, _) = r.resolve(3, "10.0.0.0/24", "b");
+    assert!(created);
+    assert_eq!(r.apply(&cmd(4, release.clone())), Outcome::Released(true));
+    assert_eq!(r.table.get("s", key("10.0.0.0/24"), 4), Some(b.clone()));
+    assert_eq!(r.table.remembered_len(), 1);
+    // Past the retention the name is forgotten, and the same request applies again.
+    let later = 2 + RETENTION_MS;
+    assert_eq!(r.apply(&cmd(later, release)), Outcome::Released(false));
+}
+
+#[test]
+fn a_retried_reassign_reports_its_own_swap() {
+    let mut r = Replica::default();
+    r.resolve(1, "10.0.0.0/24", "a");
+    let reassign = named(
+        "move-1",
+        Op::Reassign {
+            scope: "s".into(),
+            key: key("10.0.0.0/24"),
+            expected_endpoint: "a".into(),
+            endpoint: "b".into(),
+            absolute_timeout_ms: 1_000,
+            idle_timeout_ms: None,
+        },
+    );
+    let first = r.apply(&cmd(2, reassign.clone()));
+    assert!(
+        matches!(first, Outcome::Reassigned { swapped: true, .. }),
+        "{first:?}"
+    );
+    assert_eq!(r.apply(&cmd(3, reassign)), first);
+    // A named resolve retried answers "created" again, with the same lease.
+    let resolve = named("resolve-1", resolve_op("s", "10.0.9.0/24", "c", &[], 1_000));
+    let created = r.apply(&cmd(4, resolve.clone()));
+    assert!(matches!(created, Outcome::Resolved { created: true, .. }));
+    assert_eq!(
+        r.apply(&cmd(5, Op::Batch(vec![resolve]))),
+        Outcome::Batch(vec![created])
+    );
+}
+
+#[test]
+fn remembered_writes_survive_a_snapshot_and_an_empty_memory_writes_version_1() {
+    let mut r = Replica::default();
+    r.resolve(1, "10.0.0.0/24", "a");
+    let mut bytes = Vec::new();
+    snapshot::write(&r.table, pb::SnapshotMeta::default(), &mut bytes).unwrap();
+    assert_eq!(bytes[8], 1, "nothing remembered: format version 1");
+    r.apply(&cmd(
+        2,
+        named(
+            "drain-1",
+            Op::DrainEndpoint {
+                scope: None,
+                endpoint: "a".into(),
+            },
+        ),
+    ));
+    r.apply(&cmd(
+        3,
+        named("resolve-2", resolve_op("s", "10.0.1.0/24", "b", &[], 1_000)),
+    ));
+    bytes.clear();
+    snapshot::write(&r.table, pb::SnapshotMeta::default(), &mut bytes).unwrap();
+    assert_eq!(bytes[8], 2);
+    let read = snapshot::read(bytes.as_slice()).unwrap().table;
+    assert_eq!(read, r.table);
+    assert_eq!(read.remembered_len(), 2);
+    // Damage in a remembered record is caught too.
+    let mut flipped = bytes.clone();
+    let at = bytes.len() - 20;
+    flipped[at] ^= 0x40;
+    assert!(snapshot::read(flipped.as_slice()).is_err());
+}
 
 #[test]
 fn a_table_read_from_a_snapshot_sweeps_and_drains_in_the_same_order() {

@@ -1,14 +1,15 @@
 //! A model-based property test: the indexed table against a plain model of the same rules,
 //! determinism across replicas, and snapshot + log tail against direct apply.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use affinity_proto::{ClientKey, pb};
 use proptest::prelude::*;
 
 use super::Replica;
+use crate::sm::once::RETENTION_MS;
 use crate::sm::snapshot;
-use crate::sm::{Command, Lease, Op, Outcome};
+use crate::sm::{Command, Lease, Op, Outcome, RequestId};
 
 fn key(text: &str) -> ClientKey {
     text.parse().unwrap()
@@ -19,6 +20,8 @@ fn key(text: &str) -> ClientKey {
 struct Model {
     clock: i64,
     leases: BTreeMap<(String, ClientKey), Lease>,
+    /// Named writes: when each was first applied, and what it returned.
+    remembered: HashMap<String, (i64, Outcome)>,
 }
 
 impl Model {
@@ -59,6 +62,18 @@ impl Model {
         match op {
             // A batch is its operations one after another, at one stamp and one revision.
             Op::Batch(ops) => Outcome::Batch(ops.iter().map(|op| self.apply_op(rev, op)).collect()),
+            // A named write seen less than the retention ago answers as it did then.
+            Op::Once { id, op } => {
+                if let Some((at, first)) = self.remembered.get(id.as_str())
+                    && now - at < RETENTION_MS
+                {
+                    return first.clone();
+                }
+                let outcome = self.apply_op(rev, op);
+                self.remembered
+                    .insert(id.as_str().to_string(), (now, outcome.clone()));
+                outcome
+            }
             Op::Resolve {
                 scope,
                 key,
@@ -250,10 +265,22 @@ fn arb_command() -> impl Strategy<Value = Command> {
         ),
         1 => (scope.clone(), key.clone()).prop_map(|(scope, key)| Op::Release { scope, key }),
     ];
+    // Some writes are named, from a few names, so that retries of one call happen.
+    let name = proptest::option::weighted(
+        0.4,
+        (0u8..4).prop_map(|n| {
+            RequestId::parse("request_id", &format!("r{n}"))
+                .unwrap()
+                .unwrap()
+        }),
+    );
+    let client = (client, name.clone()).prop_map(|(op, id)| op.named(id));
+    let drain = (proptest::option::of(scope.clone()), endpoint.clone(), name)
+        .prop_map(|(scope, endpoint, id)| Op::DrainEndpoint { scope, endpoint }.named(id));
     let op = prop_oneof![
         6 => client.clone(),
         2 => proptest::collection::vec(client, 1..5).prop_map(Op::Batch),
-        1 => (proptest::option::of(scope.clone()), endpoint.clone()).prop_map(|(scope, endpoint)| Op::DrainEndpoint { scope, endpoint }),
+        1 => drain,
         1 => proptest::collection::vec((scope.clone(), key.clone(), endpoint, 0i64..1_000, 1i64..400), 0..4).prop_map(
             |leases| Op::Import {
                 leases: leases
@@ -274,8 +301,10 @@ fn arb_command() -> impl Strategy<Value = Command> {
         1 => proptest::collection::vec((scope, key), 0..3).prop_map(|keys| Op::Touch { keys }),
         1 => (0i64..1_000).prop_map(|up_to_ms| Op::Sweep { up_to_ms }),
     ];
-    // Stamps mostly move forward, sometimes back (a new leader with a slower clock).
-    (0i64..1_000, op).prop_map(|(stamp_ms, op)| Command { stamp_ms, op })
+    // Stamps mostly move forward, sometimes back (a new leader with a slower clock), and
+    // now and then past the time named writes are remembered.
+    let stamp = prop_oneof![9 => 0i64..1_000, 1 => RETENTION_MS..RETENTION_MS + 1_000];
+    (stamp, op).prop_map(|(stamp_ms, op)| Command { stamp_ms, op })
 }
 
 proptest! {
