@@ -6,7 +6,7 @@
 
 use std::fmt::{self, Write as _};
 
-use super::model::{Act, Current, KeyHistory, Op, Origin, Refusal, State, UNNAMED};
+use super::model::{Act, Current, KeyHistory, Op, Origin, Refusal, State, UNNAMED, step};
 use super::prepare::{Fate, Logical, Names, key_name};
 use super::search::Frontier;
 use crate::workload::WorkloadOptions;
@@ -255,14 +255,16 @@ impl Ctx<'_> {
             Refusal::StampBeforeClock(s) => (
                 Rule::NotLinearizable,
                 format!(
-                    "its lease is stamped {}, but what must come before it has taken store time past that",
-                    self.time(s)
+                    "its lease is stamped {}, before the store time already reached there ({}); store time never goes back",
+                    self.time(s),
+                    self.time(st.clock)
                 ),
             ),
             Refusal::Late => (
                 Rule::NotLinearizable,
                 format!(
-                    "what must come before it has taken store time past its window (it ended {})",
+                    "the store time already reached there ({}) is past its window, which ends at {}",
+                    self.time(st.clock),
                     self.time(op.hi)
                 ),
             ),
@@ -396,6 +398,29 @@ pub(crate) fn search_failure(
             );
         }
     }
+    if let (Some((m, _)), [.., (before_p, before), (p, _)]) = (main, frontier.tail.as_slice()) {
+        // Would it fit just before the last operation placed, instead of after it?
+        let why = match step(h, *before, &h.ops[*m]) {
+            Err(r) => format!(
+                "it is refused there too: {}",
+                ctx.refusal(h, &h.ops[*m], *before, r).1
+            ),
+            Ok(after_m) => match step(h, after_m, &h.ops[*p]) {
+                Err(r) => format!(
+                    "then #{} cannot follow it: {}",
+                    origin_name(h.ops[*p].origin),
+                    ctx.refusal(h, &h.ops[*p], after_m, r).1
+                ),
+                Ok(_) => "that order fits, but leads nowhere further".to_string(),
+            },
+        };
+        let _ = write!(
+            detail,
+            "\n  placed before #{} instead (after #{}): {why}",
+            origin_name(h.ops[*p].origin),
+            origin_name(h.ops[*before_p].origin)
+        );
+    }
     if !frontier.refused.is_empty() {
         let _ = write!(detail, "\n  could not come next:");
         for (i, r) in &frontier.refused {
@@ -417,4 +442,12 @@ pub(crate) fn search_failure(
         );
     }
     Violation::new(rule, Some(key_name(h.key, ctx.workload)), detail)
+}
+
+/// How an operation is named in a report: `#12` for call 12, `List` for the final List.
+fn origin_name(origin: Origin) -> String {
+    match origin {
+        Origin::Call(c) => c.to_string(),
+        Origin::FinalList => "List".to_string(),
+    }
 }

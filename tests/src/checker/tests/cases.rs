@@ -46,6 +46,31 @@ fn a_resolve_keeping_a_released_lease_is_a_stale_read() {
 }
 
 #[test]
+fn an_old_lease_answered_after_a_concurrent_replacement_was_stamped_is_a_stale_read() {
+    // Concurrent in real time, but the replacement is stamped before the read's window
+    // opens: store time cannot go back, so the read must see the new lease.
+    let mut h = Builder::default();
+    let a = lease(SHORT, "a", 1_001);
+    h.resolve(SHORT, "a", (1_000, 1_003), created(a.clone()));
+    let b = lease(SHORT, "b", 2_050);
+    h.call(
+        1,
+        SHORT,
+        resolve("b", &["b"]),
+        (2_000, 2_130),
+        Outcome::Ok(Answer::Resolved {
+            lease: b,
+            created: false,
+            replaced: true,
+            cached: false,
+        }),
+    );
+    h.resolve(SHORT, "c", (2_100, 2_102), kept(a));
+    let report = h.fails_with(Rule::StaleRead);
+    assert!(report.contains("placed before #1 instead"), "{report}");
+}
+
+#[test]
 fn a_lookup_missing_an_acknowledged_lease_is_a_stale_read() {
     let mut h = Builder::default();
     h.resolve(LONG, "a", (1_000, 1_003), created(lease(LONG, "a", 1_001)));

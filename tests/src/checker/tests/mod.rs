@@ -167,6 +167,7 @@ impl Builder {
             checked.violations.iter().any(|v| v.rule == rule),
             "expected a {rule} violation, got:\n{text}"
         );
+        eprintln!("{text}");
         text
     }
 }
