@@ -135,7 +135,12 @@ where
     if !checked.passed() {
         let text: Vec<String> = checked.violations.iter().map(ToString::to_string).collect();
         let path = run.cluster.out_dir().join("violations.txt");
-        let _ = std::fs::write(&path, text.join("\n\n") + "\n");
+        let header = format!(
+            "# times +s.mmm count from the workload's start, Unix ms {} ({} UTC, as in the container logs)\n\n",
+            history.started_ms,
+            utc(history.started_ms)
+        );
+        let _ = std::fs::write(&path, header + &text.join("\n\n") + "\n");
         run.report.finish();
         panic!(
             "{name}: {} violations (all in {}), first ones:\n{}",
@@ -162,4 +167,36 @@ fn save_history(run: &Run, history: &History) {
         let _ = writeln!(text, "{call}");
     }
     let _ = std::fs::write(run.cluster.out_dir().join("history.txt"), text);
+}
+
+/// Unix ms as `YYYY-MM-DDTHH:MM:SS.mmm` (UTC), the form the container logs use.
+fn utc(unix_ms: i64) -> String {
+    let (days, ms) = (
+        unix_ms.div_euclid(86_400_000),
+        unix_ms.rem_euclid(86_400_000),
+    );
+    // Days since 1970-01-01 to a civil date, in 400-year eras of 146,097 days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1_000 % 60,
+        ms % 1_000
+    )
+}
+
+#[test]
+fn unix_ms_print_as_the_logs_do() {
+    assert_eq!(utc(0), "1970-01-01T00:00:00.000");
+    assert_eq!(utc(1_796_167_178_817), "2026-12-01T23:19:38.817");
+    assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00.000");
 }

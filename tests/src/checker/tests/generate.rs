@@ -320,6 +320,6 @@ fn ten_thousand_operations_are_checked_in_seconds() {
             took.as_millis(),
             checked.summary
         );
-        assert!(took < Duration::from_secs(20), "took {took:?}");
+        assert!(took < Duration::from_secs(60), "took {took:?}");
     }
 }
