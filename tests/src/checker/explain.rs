@@ -223,7 +223,7 @@ impl Ctx<'_> {
         let lease = match st.current {
             Current::None => "no lease".to_string(),
             Current::Known(l) => {
-                let live = if st.clock < h.leases[l as usize].expires {
+                let live = if st.write_clock < h.leases[l as usize].expires {
                     "live"
                 } else {
                     "ended"
@@ -240,13 +240,13 @@ impl Ctx<'_> {
                 self.time(end_lo)
             ),
         };
-        format!("{lease}; store time at least {}", self.time(st.clock))
+        format!("{lease}; write clock {}", self.time(st.write_clock))
     }
 
     /// The rule `refusal` breaks, and why, for `op` at `st`.
     fn refusal(&self, h: &KeyHistory, op: &Op, st: State, refusal: Refusal) -> (Rule, String) {
         let current = self.state(h, st);
-        let s0 = st.clock.max(op.lo);
+        let s0 = st.write_clock.max(op.lo);
         match refusal {
             Refusal::StampOutsideWindow(s) => (
                 Rule::BadStamp,
@@ -255,16 +255,16 @@ impl Ctx<'_> {
             Refusal::StampBeforeClock(s) => (
                 Rule::NotLinearizable,
                 format!(
-                    "its lease is stamped {}, before the store time already reached there ({}); store time never goes back",
+                    "its lease is stamped {}, before the write clock there ({}); a write applied after others takes effect, and stamps its lease, at their latest stamp or later",
                     self.time(s),
-                    self.time(st.clock)
+                    self.time(st.write_clock)
                 ),
             ),
             Refusal::Late => (
                 Rule::NotLinearizable,
                 format!(
-                    "the store time already reached there ({}) is past its window, which ends at {}",
-                    self.time(st.clock),
+                    "the write clock there ({}) is past its window, which ends at {}: a write after those takes effect, and a read reads, at that clock or later",
+                    self.time(st.write_clock),
                     self.time(op.hi)
                 ),
             ),
@@ -311,7 +311,7 @@ impl Ctx<'_> {
             Refusal::Ended(l) => (
                 Rule::ExtendedLease,
                 format!(
-                    "it answered {} as live, but that lease had ended by the earliest store time it can have read at ({})",
+                    "it answered {} as live, but that lease had ended by the earliest time it can have read or taken effect at ({}, the later of its window's start and the write clock)",
                     self.lease(h, l),
                     self.time(s0)
                 ),
@@ -384,35 +384,48 @@ pub(crate) fn search_failure(
     );
     let _ = write!(
         detail,
-        "\n  the model there: {}",
+        "\n  the model there: {} (the write clock: the state machine's clock, the latest stamp of the writes placed; reads do not move it)",
         ctx.state(h, frontier.state)
     );
     if !frontier.tail.is_empty() {
-        let _ = write!(detail, "\n  placed last, in order (store time chosen):");
-        for (i, st) in &frontier.tail {
+        let _ = write!(
+            detail,
+            "\n  placed last, in order (@ the time a write took effect at, or a read read at):"
+        );
+        for (i, placed) in &frontier.tail {
             let _ = write!(
                 detail,
                 "\n{}  @ {}",
                 ctx.op_line(h, &h.ops[*i]),
-                ctx.time(st.clock)
+                ctx.time(placed.at)
             );
         }
     }
     if let (Some((m, _)), [.., (before_p, before), (p, _)]) = (main, frontier.tail.as_slice()) {
         // Would it fit just before the last operation placed, instead of after it?
-        let why = match step(h, *before, &h.ops[*m]) {
-            Err(r) => format!(
-                "it is refused there too: {}",
-                ctx.refusal(h, &h.ops[*m], *before, r).1
-            ),
-            Ok(after_m) => match step(h, after_m, &h.ops[*p]) {
+        let (last, refused) = (&h.ops[*p], &h.ops[*m]);
+        let why = if last.response < refused.invoke {
+            format!(
+                "real time forbids it: #{} responded at {}, before it was invoked at {}",
+                origin_name(last.origin),
+                ctx.time(last.response),
+                ctx.time(refused.invoke)
+            )
+        } else {
+            match step(h, before.state, refused) {
                 Err(r) => format!(
-                    "then #{} cannot follow it: {}",
-                    origin_name(h.ops[*p].origin),
-                    ctx.refusal(h, &h.ops[*p], after_m, r).1
+                    "it is refused there too: {}",
+                    ctx.refusal(h, refused, before.state, r).1
                 ),
-                Ok(_) => "that order fits, but leads nowhere further".to_string(),
-            },
+                Ok(after_m) => match step(h, after_m.state, last) {
+                    Err(r) => format!(
+                        "then #{} cannot follow it: {}",
+                        origin_name(last.origin),
+                        ctx.refusal(h, last, after_m.state, r).1
+                    ),
+                    Ok(_) => "that order fits, but leads nowhere further".to_string(),
+                },
+            }
         };
         let _ = write!(
             detail,

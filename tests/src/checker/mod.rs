@@ -2,10 +2,13 @@
 //!
 //! For every key (scope, prefix), the answers must be explained by one sequential order of
 //! its operations that respects real time (an operation that responded before another was
-//! invoked comes first), with store time never decreasing along the order and each
-//! operation's store time inside its window (invoke and response widened by the clock
-//! tolerance). Keys are independent: every proposed endpoint is unique to its call, so an
-//! endpoint belongs to one key and a `DrainEndpoint` to that key's history.
+//! invoked comes first), under the store's clock design (DESIGN.md, "Time"): a write takes
+//! effect at the state machine's clock, `max(previous, its stamp)`, its stamp inside its
+//! window (invoke and response widened by the clock tolerance), and a lease it creates is
+//! stamped with that clock; a read judges expiry at a reader's time inside its window, never
+//! before the state machine's clock, and moves nothing (see `model`). Keys are independent:
+//! every proposed endpoint is unique to its call, so an endpoint belongs to one key and a
+//! `DrainEndpoint` to that key's history.
 //!
 //! - [`prepare`](self::prepare) cuts the history by key: attempts under one request id
 //!   become one logical call; answers name leases; unknown outcomes become writes the search

@@ -1,12 +1,57 @@
 //! The sequential model of one key, and its transition function.
 //!
+//! It follows the store's design (DESIGN.md, "Time"). The leader stamps each write with its
+//! clock when it proposes it; the state machine applies writes in log order, its clock
+//! becoming `max(previous, stamp)`, and a write takes effect (judges expiry, stamps the lease
+//! it creates) at that clock. Reads judge expiry at the reader's clock, which is never below
+//! the state machine's, and move nothing.
+//!
 //! State: the key's lease (none, a lease some answer named, or a phantom: a lease a write of
-//! unknown outcome may have created that nobody ever saw) and the store time reached so
-//! far. [`step`] applies one operation at the smallest store time its answer allows, or says
-//! why it cannot come next. Store time never decreases along a linearization, and every
-//! operation's store time lies in its window (its invoke and response times widened by the
-//! clock tolerance); taking the smallest feasible time at each step is optimal, as what
-//! comes later only bounds time from below.
+//! unknown outcome may have created that nobody ever saw) and the **write clock**, the state
+//! machine's clock after the writes placed so far (the largest effective time among them).
+//! [`step`] places one operation, or says why it cannot come next:
+//!
+//! - a **write** (a Resolve that created or replaced, Reassign, Release, DrainEndpoint)
+//!   takes effect at `s = max(write clock, stamp)`, its stamp inside its window (invoke and
+//!   response widened by the clock tolerance), and the write clock becomes `s`. `s` is
+//!   within the window too: the state machine's clock when it applies a write is some
+//!   earlier stamp at most, taken before the write was applied, so before it responded.
+//!   When the answer shows `s` (the `created_at` of the lease it created, replaced or swapped
+//!   in), that is it: at or after the write clock, inside the window. Otherwise `s` is the
+//!   smallest its answer allows: `max(write clock, invoke - tolerance)`, or the current
+//!   lease's end if the answer says no live lease was there and that is later;
+//! - a **read** (Lookup, the final List, and a Resolve answered "kept", which the leader may
+//!   serve from its table) reads at some `r` in `[max(write clock, invoke - tolerance),
+//!   response + tolerance]` and changes nothing: "live" needs the smallest such `r` before
+//!   the lease's end, "none" the largest at or after it. So a write placed after a read may
+//!   take effect at a time before the read's: it was proposed, and stamped, before the read,
+//!   and applied after it. Real-time order still holds: a write that responded before a read
+//!   was invoked comes before it.
+//!
+//! Why the greedy choices lose no linearization:
+//!
+//! - *The smallest `s` for a write.* What any operation asks of the write clock bounds it
+//!   from above (a lease's stamp at or after it, a window's end at or after it, the earliest
+//!   time of a read or write before a lease's end), and every step's resulting write clock is
+//!   non-decreasing in the one it starts from. So from the same lease and a smaller write
+//!   clock, every continuation allowed from a larger one is allowed. The same makes the
+//!   search's memo sound: a (set, lease) reached again with a write clock no smaller is not
+//!   explored again.
+//! - *A read's `r`.* Any `r` in its range that explains the answer will do: it moves nothing,
+//!   so no later operation depends on it, and a read that fits is placed at once (`search`):
+//!   placing it later is never better. A Resolve answered "kept" that went through the log
+//!   took effect at some `s` in the same range and moved the write clock to it; as a read it
+//!   leaves the write clock lower, which is never worse.
+//! - *Phantoms.* A read that found no lease where a phantom may be leaves it: it may never
+//!   have been created, or ended by `r`, and a write stamped before `r` and placed after the
+//!   read may still find it live. A write that found no lease there removes it: the write
+//!   clock has passed its end, so nothing later can see it live.
+//!
+//! What the write clock cannot do: a lease stamped before it (a write applied after another
+//! is stamped with the state machine's clock, at or after the other's stamp) and an
+//! operation whose window ends before it (the writes placed before it took effect later than
+//! it can have) are refused, and since the write clock never decreases they are refused for
+//! good.
 
 /// A lease as the checker knows it: one per distinct lease any answer named.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -157,7 +202,8 @@ pub(crate) const UNNAMED: u32 = u32::MAX;
 pub(crate) enum Current {
     /// None.
     None,
-    /// A known lease (live or ended: `State::clock` against its end says which).
+    /// A known lease (live or ended: the time of the operation at hand against its end
+    /// says which).
     Known(u32),
     /// A lease nobody saw, that cannot have ended before `end_lo`, on `endpoint` when some
     /// operation of the key names that endpoint (expects, drains or lists it), else on
@@ -175,16 +221,27 @@ pub(crate) enum Current {
 pub(crate) struct State {
     /// The key's lease.
     pub current: Current,
-    /// The smallest store time consistent with the operations so far.
-    pub clock: i64,
+    /// The write clock: the state machine's clock after the writes placed so far (the
+    /// smallest consistent with them). Reads do not move it.
+    pub write_clock: i64,
 }
 
 impl State {
     /// Before any operation.
     pub const START: State = State {
         current: Current::None,
-        clock: i64::MIN,
+        write_clock: i64::MIN,
     };
+}
+
+/// An operation placed: the state after it, and the time it took effect at (a write) or
+/// read at (a read: the earliest time that explains its answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Placed {
+    /// The state after it.
+    pub state: State,
+    /// Its store time.
+    pub at: i64,
 }
 
 /// Why an operation cannot come next.
@@ -192,9 +249,9 @@ impl State {
 pub(crate) enum Refusal {
     /// Its lease's creation stamp lies outside its window.
     StampOutsideWindow(i64),
-    /// Its lease's creation stamp is before store time already reached.
+    /// Its lease's creation stamp is before the write clock.
     StampBeforeClock(i64),
-    /// Store time has already passed its window.
+    /// The write clock has already passed its window.
     Late,
     /// It created a lease while another was live.
     CreatedOverLive,
@@ -209,7 +266,8 @@ pub(crate) enum Refusal {
     NoLive,
     /// It answered lease `0`, which is not the key's lease at that point.
     NotCurrent(u32),
-    /// It answered lease `0` live, but that lease had ended by the earliest store time.
+    /// It answered lease `0` live, but that lease had ended by the earliest time it can have
+    /// taken effect or read at.
     Ended(u32),
     /// It answered "no live lease" (or did nothing) while a lease was live.
     MissedLive,
@@ -251,7 +309,8 @@ fn endpoint_of(h: &KeyHistory, current: Current) -> Option<u32> {
     }
 }
 
-/// Ended leases read as no lease; a phantom taken as ended is gone.
+/// Ended leases read as no lease; a phantom a write took as ended is gone (the write clock
+/// has passed its end: nothing later can see it live). Reads leave the state as it is.
 fn dead(current: Current) -> Current {
     match current {
         Current::Phantom { .. } => Current::None,
@@ -263,13 +322,14 @@ fn eligible_ok(eligible: &[u32], endpoint: u32) -> bool {
     eligible.is_empty() || eligible.contains(&endpoint)
 }
 
-/// The store time of an operation whose answer fixes it (it created lease `l`).
+/// The effective time of a write whose answer shows it (it created lease `l`, whose
+/// `created_at` is the state machine's clock when it was applied).
 fn fixed(h: &KeyHistory, st: State, op: &Op, l: u32) -> Result<i64, Refusal> {
     let s = h.leases[l as usize].created;
     if s < op.lo || s > op.hi {
         return Err(Refusal::StampOutsideWindow(s));
     }
-    if s < st.clock {
+    if s < st.write_clock {
         return Err(Refusal::StampBeforeClock(s));
     }
     Ok(s)
@@ -284,10 +344,21 @@ fn within(op: &Op, s: i64) -> Result<i64, Refusal> {
     }
 }
 
-/// Apply `op` to `st`: the next state, at the smallest store time its answer allows.
-pub(crate) fn step(h: &KeyHistory, st: State, op: &Op) -> Result<State, Refusal> {
-    let s0 = st.clock.max(op.lo);
-    let at = |current: Current, clock: i64| Ok(State { current, clock });
+/// Place `op` after `st`: a write at the smallest effective time its answer allows, which
+/// the write clock moves to; a read at the earliest time that explains it, moving nothing.
+pub(crate) fn step(h: &KeyHistory, st: State, op: &Op) -> Result<Placed, Refusal> {
+    // The earliest a write can take effect, or a read read, after `st`.
+    let s0 = st.write_clock.max(op.lo);
+    let at = |current: Current, s: i64| {
+        Ok(Placed {
+            state: State {
+                current,
+                write_clock: s,
+            },
+            at: s,
+        })
+    };
+    let read = |r: i64| Ok(Placed { state: st, at: r });
     let cur = st.current;
     match &op.act {
         Act::Resolve {
@@ -331,18 +402,19 @@ pub(crate) fn step(h: &KeyHistory, st: State, op: &Op) -> Result<State, Refusal>
                         _ => at(Current::Known(l), s),
                     }
                 }
+                // A read: the leader answers a lease it keeps from its table.
                 ResolveResult::Kept(l) => {
-                    let s = within(op, s0)?;
+                    let r = within(op, s0)?;
                     if cur != Current::Known(l) {
                         return Err(Refusal::NotCurrent(l));
                     }
-                    if live(h, cur, s) != Some(true) {
+                    if live(h, cur, r) != Some(true) {
                         return Err(Refusal::Ended(l));
                     }
                     if !eligible_ok(eligible, h.leases[l as usize].endpoint) {
                         return Err(Refusal::KeptIneligible);
                     }
-                    at(cur, s)
+                    read(r)
                 }
                 ResolveResult::Maybe => {
                     // At once if nothing live is in the way (or it may be replaced); else
@@ -464,18 +536,19 @@ pub(crate) fn step(h: &KeyHistory, st: State, op: &Op) -> Result<State, Refusal>
             }
         }
         Act::Read(Some(l)) => {
-            let s = within(op, s0)?;
+            let r = within(op, s0)?;
             if cur != Current::Known(*l) {
                 return Err(Refusal::NotCurrent(*l));
             }
-            if live(h, cur, s) != Some(true) {
+            if live(h, cur, r) != Some(true) {
                 return Err(Refusal::Ended(*l));
             }
-            at(cur, s)
+            read(r)
         }
+        // A phantom stays: the read says it had ended by `r` (or never was), yet a write
+        // stamped before `r` and placed after the read may still find it live.
         Act::Read(None) => {
-            let s = within(op, earliest_dead(h, cur, s0)).map_err(|_| Refusal::MissedLive)?;
-            at(dead(cur), s)
+            read(within(op, earliest_dead(h, cur, s0)).map_err(|_| Refusal::MissedLive)?)
         }
     }
 }

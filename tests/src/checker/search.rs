@@ -3,18 +3,19 @@
 //!
 //! At each point the candidates are the operations not yet linearized that no other pending
 //! operation must precede (none of them responded before the candidate was invoked). Each
-//! candidate the model accepts leads one level down; a (set, lease) pair already explored at
-//! the same or an earlier store time is never explored again, and an operation that changes
-//! nothing (a read at a store time already reached) is placed without branching. Operations of unknown outcome never bound the others (they never
-//! responded) and those whose effect nobody saw may be left out altogether; the search
-//! succeeds once every other operation is linearized.
+//! candidate the model accepts leads one level down; a (set, lease) pair already explored
+//! with the same or an earlier write clock is never explored again, and an operation that
+//! changes nothing (a read that fits) is placed without branching. Operations of unknown
+//! outcome never bound the others (they never responded) and those whose effect nobody saw
+//! may be left out altogether; the search succeeds once every other operation is
+//! linearized.
 //!
 //! On failure the search returns the deepest point it reached, with the candidates there and
 //! why the model refused each: that is what a person reads to find the conflict.
 
 use std::collections::HashMap;
 
-use super::model::{Act, Current, KeyHistory, Op, Refusal, State, step};
+use super::model::{Act, Current, KeyHistory, Op, Placed, Refusal, State, step};
 
 /// Operations linearized, one bit each, with a 128-bit hash of the set kept as bits change
 /// (each operation has a random 128-bit value; the set's hash is their XOR).
@@ -160,8 +161,8 @@ fn signature(h: &KeyHistory, op: &Op) -> Signature {
 pub(crate) struct Frontier {
     /// Operations linearized to get there (that the search could not leave out).
     pub depth: usize,
-    /// The last operations linearized, in order, with the state after each.
-    pub tail: Vec<(usize, State)>,
+    /// The last operations linearized, in order, with the state after each and its time.
+    pub tail: Vec<(usize, Placed)>,
     /// The model's state there.
     pub state: State,
     /// The candidates the model refused there, and why (left-out-able ones omitted when
@@ -190,7 +191,7 @@ struct Frame {
     /// The operation linearized to reach this point.
     via: Option<usize>,
     /// Candidates accepted here, with the state after each, in the order to try them.
-    options: Vec<(usize, State)>,
+    options: Vec<(usize, Placed)>,
     next: usize,
 }
 
@@ -201,8 +202,9 @@ pub(crate) fn search(h: &KeyHistory, budget: usize) -> Verdict {
     let mut left = must;
     let mut done = Bits::new(n);
     let groups = Optional::new(h);
-    // The smallest store time each (set, lease) was reached with: a larger one is never
-    // better (every step allowed from it is allowed from the smaller one). Sets by hash.
+    // The smallest write clock each (set, lease) was reached with: a larger one is never
+    // better (every step allowed from it is allowed from the smaller one, see `model`).
+    // Sets by hash.
     let mut seen: HashMap<(u128, Current), i64, Mixed> = HashMap::default();
     let mut refused = Vec::new();
     let mut best = Frontier {
@@ -212,7 +214,7 @@ pub(crate) fn search(h: &KeyHistory, budget: usize) -> Verdict {
         refused: Vec::new(),
         first_to_respond: None,
     };
-    let mut path: Vec<(usize, State)> = Vec::new();
+    let mut path: Vec<(usize, Placed)> = Vec::new();
     let (options, first) = expand(h, &groups, &done, State::START, &mut refused);
     if options.is_empty() && left > 0 {
         best.refused.clone_from(&refused);
@@ -232,20 +234,21 @@ pub(crate) fn search(h: &KeyHistory, budget: usize) -> Verdict {
             return Verdict::Violation(best);
         };
         if top.next < top.options.len() {
-            let (i, state) = top.options[top.next];
+            let (i, placed) = top.options[top.next];
+            let state = placed.state;
             top.next += 1;
             done.set(i, &groups.mask);
             let best_clock = seen.entry((done.hash, state.current)).or_insert(i64::MAX);
-            if *best_clock <= state.clock {
+            if *best_clock <= state.write_clock {
                 done.clear(i);
                 continue;
             }
-            *best_clock = state.clock;
+            *best_clock = state.write_clock;
             let optional = h.ops[i].optional();
             if !optional {
                 left -= 1;
             }
-            path.push((i, state));
+            path.push((i, placed));
             if left == 0 {
                 return Verdict::Linearizable(visited);
             }
@@ -285,25 +288,25 @@ pub(crate) fn search(h: &KeyHistory, budget: usize) -> Verdict {
 /// The candidates at `state` with `done` linearized: those the model accepts, the
 /// refusals in `refused`, and the pending operation that responded first.
 ///
-/// Candidates are offered by the store time they would take effect at (the store applies
-/// in that order, so the search mostly goes straight), those that may be left out last.
+/// Candidates are offered by the time they would take effect at (the store applies writes
+/// about in that order, so the search mostly goes straight), those that may be left out last.
 /// Such an operation is offered only where it lets a refused candidate come next, and of a
 /// group the model cannot tell apart only the earliest pending. That loses no
 /// linearization: any member of a group placed later could be swapped with the earliest,
-/// which is at least as early in store time; and in any
+/// which takes effect no later; and in any
 /// linearization, it can be moved later, to just before the first operation that needs its
 /// effect (it has no response to bound it), and in this model one such operation is all any
 /// operation needs.
 ///
-/// A point where a pending operation can no longer be placed (store time has passed its
-/// window, or the stamp its answer fixes) offers nothing: time never goes back.
+/// A point where a pending operation can no longer be placed (the write clock has passed its
+/// window, or the stamp its answer fixes) offers nothing: the write clock never goes back.
 fn expand(
     h: &KeyHistory,
     optional: &Optional,
     done: &Bits,
     state: State,
     refused: &mut Vec<(usize, Refusal)>,
-) -> (Vec<(usize, State)>, Option<usize>) {
+) -> (Vec<(usize, Placed)>, Option<usize>) {
     refused.clear();
     let n = h.ops.len();
     let mut options = Vec::new();
@@ -340,14 +343,14 @@ fn expand(
     if stuck {
         return (Vec::new(), first);
     }
-    // An operation that changes nothing here (a read at a store time already reached) is
-    // placed at once, without branching: placing it later is never better.
-    if let Some(&free) = options.iter().find(|(_, next)| *next == state) {
+    // An operation that changes nothing here (a read that fits) is placed at once, without
+    // branching: placing it later is never better.
+    if let Some(&free) = options.iter().find(|(_, next)| next.state == state) {
         return (vec![free], first);
     }
-    options.sort_by_key(|(i, next)| (next.clock, *i));
+    options.sort_by_key(|(i, next)| (next.at, *i));
     if !refused.is_empty() {
-        let mut extra: Vec<(usize, State)> = Vec::new();
+        let mut extra: Vec<(usize, Placed)> = Vec::new();
         for group in &optional.groups {
             let Some(&i) = group.iter().find(|i| !done.is_set(**i)) else {
                 continue;
@@ -361,12 +364,12 @@ fn expand(
             };
             if refused
                 .iter()
-                .any(|(j, _)| step(h, next, &h.ops[*j]).is_ok())
+                .any(|(j, _)| step(h, next.state, &h.ops[*j]).is_ok())
             {
                 extra.push((i, next));
             }
         }
-        extra.sort_by_key(|(i, next)| (next.clock, *i));
+        extra.sort_by_key(|(i, next)| (next.at, *i));
         options.extend(extra);
     }
     (options, first)

@@ -1,9 +1,9 @@
 //! Small histories, each showing the checker rejecting one violation or accepting a
 //! legitimate history that looks like one.
 
-use super::{Builder, LONG, SHORT, created, kept, lease, resolve};
+use super::{Builder, LONG, SHORT, created, kept, lease, replaced, resolve};
 use crate::checker::Rule;
-use crate::workload::history::{Answer, Outcome, Request};
+use crate::workload::history::{Answer, Outcome, Request, Seen};
 
 // ---- rejected ----
 
@@ -45,11 +45,9 @@ fn a_resolve_keeping_a_released_lease_is_a_stale_read() {
     h.fails_with(Rule::StaleRead);
 }
 
-#[test]
-fn an_old_lease_answered_after_a_concurrent_replacement_was_stamped_is_a_stale_read() {
-    // Concurrent in real time, but the replacement is stamped before the read's window
-    // opens: store time cannot go back, so the read must see the new lease.
-    let mut h = Builder::default();
+/// Lease `a` of key SHORT created at 1 001, then a Resolve whose eligible list leaves it
+/// out, over `replace_at`, replacing it by `b`, stamped 2 050 (when it was proposed).
+fn replaced_at(h: &mut Builder, replace_at: (i64, i64)) -> (Seen, Seen) {
     let a = lease(SHORT, "a", 1_001);
     h.resolve(SHORT, "a", (1_000, 1_003), created(a.clone()));
     let b = lease(SHORT, "b", 2_050);
@@ -57,17 +55,78 @@ fn an_old_lease_answered_after_a_concurrent_replacement_was_stamped_is_a_stale_r
         1,
         SHORT,
         resolve("b", &["b"]),
-        (2_000, 2_130),
-        Outcome::Ok(Answer::Resolved {
-            lease: b,
-            created: false,
-            replaced: true,
-            cached: false,
-        }),
+        replace_at,
+        Outcome::Ok(replaced(b.clone())),
     );
-    h.resolve(SHORT, "c", (2_100, 2_102), kept(a));
+    (a, b)
+}
+
+#[test]
+fn a_read_started_after_the_replacement_responded_answering_the_old_lease_is_stale() {
+    // Real time puts the replacement first: the read must see it.
+    let mut h = Builder::default();
+    let (a, _) = replaced_at(&mut h, (2_000, 2_130));
+    h.resolve(SHORT, "c", (2_131, 2_133), kept(a.clone()));
     let report = h.fails_with(Rule::StaleRead);
-    assert!(report.contains("placed before #1 instead"), "{report}");
+    assert!(report.contains("but the key had live lease b"), "{report}");
+    assert!(report.contains("real time forbids it"), "{report}");
+    // A Lookup likewise.
+    let mut h = Builder::default();
+    let (a, _) = replaced_at(&mut h, (2_000, 2_130));
+    h.lookup(SHORT, (2_140, 2_142), Some(a));
+    h.fails_with(Rule::StaleRead);
+}
+
+#[test]
+fn once_a_read_saw_the_replacement_a_later_read_of_the_old_lease_is_stale() {
+    // Both reads overlap the replacement, but the first saw it, and the second started
+    // after the first responded.
+    let mut h = Builder::default();
+    let (a, b) = replaced_at(&mut h, (2_000, 2_130));
+    h.lookup(SHORT, (2_060, 2_062), Some(b));
+    h.resolve(SHORT, "c", (2_070, 2_072), kept(a));
+    h.fails_with(Rule::StaleRead);
+}
+
+#[test]
+fn a_replacement_stamped_before_the_lease_it_replaced_is_rejected() {
+    // The replacement is applied after the creation (it found its lease live), so the
+    // state machine's clock, which stamps its lease, was at the creation's stamp or later.
+    let mut h = Builder::default();
+    let a = lease(LONG, "a", 1_005);
+    h.resolve(LONG, "a", (1_000, 1_010), created(a));
+    h.call(
+        1,
+        LONG,
+        resolve("b", &["b"]),
+        (1_001, 1_011),
+        Outcome::Ok(replaced(lease(LONG, "b", 1_003))),
+    );
+    let report = h.fails_with(Rule::NotLinearizable);
+    assert!(report.contains("before the write clock"), "{report}");
+}
+
+#[test]
+fn a_lease_answered_live_past_its_end_by_more_than_the_tolerance_is_extended() {
+    // Lease a ends at 11 001; the tolerance is 5 ms. (Too soon after its creator returned
+    // for the lifetime rule outside the search: this is the model's verdict.)
+    let a = lease(SHORT, "a", 1_001);
+    for late in [Request::Lookup, resolve("c", &[])] {
+        let mut h = Builder::default();
+        h.resolve(SHORT, "a", (1_000, 1_003), created(a.clone()));
+        let answer = match late {
+            Request::Lookup => Answer::Looked(Some(a.clone())),
+            _ => kept(a.clone()),
+        };
+        h.call(1, SHORT, late, (11_007, 11_009), Outcome::Ok(answer));
+        let report = h.fails_with(Rule::ExtendedLease);
+        assert!(report.contains("had ended"), "{report}");
+    }
+    // Within the tolerance of its end, it may still have been live at the reader's clock.
+    let mut h = Builder::default();
+    h.resolve(SHORT, "a", (1_000, 1_003), created(a.clone()));
+    h.lookup(SHORT, (11_005, 11_006), Some(a));
+    h.passes();
 }
 
 #[test]
@@ -226,6 +285,40 @@ fn concurrent_creators_where_one_wins_pass() {
 }
 
 #[test]
+fn a_read_overlapping_a_replacement_stamped_before_it_may_answer_the_old_lease() {
+    // The pattern of leader_sigkill_x5 run 1: the replacement is stamped when the leader
+    // proposes it (2 050), a read on the leader at 2 100..2 102 answers the old lease from
+    // its table, and the replacement is applied and acknowledged at 2 130. The read comes
+    // first, the replacement after it, taking effect at its stamp: the state machine's clock
+    // had only reached 1 001.
+    let mut h = Builder::default();
+    let (a, b) = replaced_at(&mut h, (2_000, 2_130));
+    h.resolve(SHORT, "c", (2_100, 2_102), kept(a.clone()));
+    h.lookup(SHORT, (2_110, 2_112), Some(a));
+    // After its response, the replacement is what every read sees.
+    h.lookup(SHORT, (2_131, 2_133), Some(b.clone()));
+    h.listed((5_000, 5_010), &[(SHORT, b)]);
+    let checked = h.passes();
+    assert_eq!(checked.summary.checked.get("Resolve"), Some(&3));
+    assert_eq!(checked.summary.checked.get("Lookup"), Some(&2));
+}
+
+#[test]
+fn a_read_overlapping_a_creation_stamped_before_it_may_answer_no_lease() {
+    // The same with nothing to replace: "no lease" at 2 100, then the creation stamped
+    // 2 050 and acknowledged at 2 130.
+    let mut h = Builder::default();
+    h.lookup(SHORT, (2_100, 2_102), None);
+    let b = lease(SHORT, "b", 2_050);
+    h.resolve(SHORT, "b", (2_000, 2_130), created(b.clone()));
+    h.lookup(SHORT, (2_131, 2_133), Some(b));
+    h.passes();
+    // But not after the creation responded.
+    h.lookup(SHORT, (2_140, 2_142), None);
+    h.fails_with(Rule::StaleRead);
+}
+
+#[test]
 fn an_unknown_write_that_applied_passes() {
     let mut h = Builder::default();
     h.failed(LONG, resolve("a", &[]), (1_000, 3_000), "DEADLINE_EXCEEDED");
@@ -308,12 +401,7 @@ fn replacements_swaps_and_drains_pass() {
         LONG,
         resolve("b", &["b"]),
         (2_000, 2_003),
-        Outcome::Ok(Answer::Resolved {
-            lease: b.clone(),
-            created: false,
-            replaced: true,
-            cached: false,
-        }),
+        Outcome::Ok(replaced(b.clone())),
     );
     // Eligible keeps "b": kept.
     h.call(

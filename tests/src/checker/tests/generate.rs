@@ -1,7 +1,15 @@
 //! Generated histories: clients call a simulated store whose every operation takes effect at
-//! one instant inside its call (so the history is linearizable by construction, with that
-//! instant as store time); some calls fail with their outcome unknown, applied or not. The
-//! checker must pass them all, and check 10k operations in seconds.
+//! one instant inside its call (so the history is linearizable by construction, in that
+//! order); some calls fail with their outcome unknown, applied or not. The checker must pass
+//! them all, and check 10k operations in seconds.
+//!
+//! Two stores are simulated. The simple one does everything at that instant, with that
+//! instant as its clock. The design's one (DESIGN.md, "Time") stamps a write when it is
+//! proposed, somewhere between the call's start and that instant, and applies it at the
+//! instant with the state machine's clock, `max(previous, stamp)`; reads (Lookups, and
+//! Resolves that find a lease to keep) judge expiry at the reader's clock, the instant
+//! itself. So a read may answer a lease that a write applied after it replaced, from a stamp
+//! earlier than the read: linearizable, and the checker must say so.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -20,6 +28,8 @@ struct Shape {
     clients: usize,
     /// Chance that a call's outcome is unknown.
     unknown: f64,
+    /// The design's store: writes stamped when proposed, before they are applied.
+    stamped_early: bool,
 }
 
 fn options(keys: usize) -> WorkloadOptions {
@@ -38,6 +48,8 @@ struct Planned {
     request: Request,
     invoke: i64,
     effect: i64,
+    /// The write's stamp (the simple store: `effect`).
+    stamp: i64,
     response: i64,
     /// Whether it reaches the store (false: lost before it was applied).
     applied: bool,
@@ -91,6 +103,11 @@ fn plan(shape: &Shape, rng: &mut fastrand::Rng) -> Vec<Planned> {
         let duration = rng.i64(1..30);
         let effect = invoke + rng.i64(0..=duration);
         let response = invoke + duration;
+        let stamp = if shape.stamped_early {
+            invoke + rng.i64(0..=effect - invoke)
+        } else {
+            effect
+        };
         clock[client] = response;
         let known = rng.f64() >= shape.unknown;
         let applied = known || rng.bool();
@@ -100,6 +117,7 @@ fn plan(shape: &Shape, rng: &mut fastrand::Rng) -> Vec<Planned> {
             request,
             invoke,
             effect,
+            stamp,
             response,
             applied,
             known,
@@ -207,15 +225,30 @@ fn generate(shape: &Shape) -> (History, Listing, WorkloadOptions) {
     let mut order: Vec<usize> = (0..planned.len()).collect();
     order.sort_by_key(|i| (planned[*i].effect, *i));
     let mut table: HashMap<usize, Held> = HashMap::new();
+    // The state machine's clock: the latest stamp applied.
+    let mut machine = i64::MIN;
     let mut calls: Vec<Option<Call>> = vec![None; planned.len()];
     for i in order {
         let p = &planned[i];
         let lifetime = i64::try_from(key(p.key, &workload).2.as_millis()).expect("ms");
         // Some answers carry only the end, as the client crate's resolve does.
         let full = rng.f64() < 0.7;
-        let answer = p
-            .applied
-            .then(|| apply(&mut table, lifetime, p, p.effect, full));
+        let answer = p.applied.then(|| {
+            // A read, at the reader's clock (the instant itself): a Lookup, or a Resolve
+            // that finds a lease to keep.
+            let read = match &p.request {
+                Request::Lookup => true,
+                Request::Resolve { eligible, .. } => table.get(&p.key).is_some_and(|h| {
+                    p.effect < h.expires && (eligible.is_empty() || eligible.contains(&h.endpoint))
+                }),
+                _ => false,
+            };
+            if read || !shape.stamped_early {
+                return apply(&mut table, lifetime, p, p.effect, full);
+            }
+            machine = machine.max(p.stamp);
+            apply(&mut table, lifetime, p, machine, full)
+        });
         let outcome = match (p.known, answer) {
             (true, Some(a)) => Outcome::Ok(a),
             _ => Outcome::Err {
@@ -297,6 +330,21 @@ fn generated_linearizable_histories_pass() {
             keys: 4,
             clients: 6,
             unknown: 0.05,
+            stamped_early: false,
+        });
+    }
+}
+
+#[test]
+fn generated_histories_of_the_designs_store_pass() {
+    for seed in 0..40 {
+        assert_passes(&Shape {
+            seed,
+            ops: 600,
+            keys: 4,
+            clients: 6,
+            unknown: 0.05,
+            stamped_early: true,
         });
     }
 }
@@ -310,6 +358,7 @@ fn ten_thousand_operations_are_checked_in_seconds() {
             keys,
             clients,
             unknown: 0.02,
+            stamped_early: true,
         };
         let started = Instant::now();
         let checked = assert_passes(&shape);

@@ -1,9 +1,11 @@
 //! The checker's own tests: it rejects each kind of violation and accepts the legitimate
 //! histories that look like them (`cases`); generated linearizable histories pass, and a
-//! 10k-operation one is checked in seconds (`generate`).
+//! 10k-operation one is checked in seconds (`generate`); saved chaos histories are checked
+//! again (`replay`).
 
 mod cases;
 mod generate;
+mod replay;
 
 use std::time::Duration;
 
@@ -193,6 +195,15 @@ pub(super) fn kept(seen: Seen) -> Answer {
         lease: seen,
         created: false,
         replaced: false,
+        cached: false,
+    }
+}
+
+pub(super) fn replaced(seen: Seen) -> Answer {
+    Answer::Resolved {
+        lease: seen,
+        created: false,
+        replaced: true,
         cached: false,
     }
 }
