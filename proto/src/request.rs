@@ -409,7 +409,10 @@ mod tests {
             ..resolve()
         };
         assert_eq!(named.request_id.len(), 32);
-        assert_eq!(Resolve::try_from(named.clone()).unwrap().request_id, named.request_id);
+        assert_eq!(
+            Resolve::try_from(named.clone()).unwrap().request_id,
+            named.request_id
+        );
         assert_eq!(Resolve::try_from(resolve()).unwrap().request_id, "");
         assert_ne!(new_request_id(), new_request_id());
         for (bad, rule) in [
