@@ -140,6 +140,12 @@ impl LeaderClock {
                 }
                 stamp
             }
+            // A late call for an earlier term (an old replication stream) does not move the
+            // current term's anchor.
+            Some(a) if a.term > term => a
+                .stamp_ms
+                .saturating_add(ms(mono.saturating_duration_since(a.at)))
+                .max(applied_ms),
             _ => {
                 let stamp = self.first_stamp(term, applied_ms, wall_ms, mono);
                 *anchor = Some(Anchor {
@@ -254,5 +260,9 @@ mod tests {
         );
         // A later term re-anchors on the wall clock.
         assert_eq!(clock.stamp_at(4, 0, T0 + 60_000, start), T0 + 60_000);
+        // A late call for an earlier term leaves the current anchor alone.
+        let later = start + Duration::from_millis(40);
+        assert_eq!(clock.stamp_at(3, 0, T0 - 90_000, later), T0 + 60_040);
+        assert_eq!(clock.stamp_at(4, 0, T0 - 90_000, later), T0 + 60_040);
     }
 }
