@@ -7,7 +7,9 @@
 //!   member holds);
 //! - snapshot: the size of the snapshot file of that table, per lease (what a snapshot, a
 //!   backup and a new member's catch-up transfer cost);
-//! - log: the encoded size of one `Resolve` command (one Raft log entry's payload).
+//! - log: the encoded size of one `Resolve` command (one Raft log entry's payload);
+//! - named writes: what the state machine keeps per remembered request id (a table of
+//!   named resolves against the same table unnamed).
 //!
 //! `cargo bench -p affinity-bench --bench sizing`. With `AFFINITY_SIZING_BACKUP=FILE` it
 //! also writes the 100k-lease table as a backup file, for measuring a real node
@@ -19,7 +21,7 @@
 
 use affinity_bench::{ENDPOINTS, resolve_command};
 use affinity_proto::pb;
-use affinity_server::sm::{LeaseTable, snapshot};
+use affinity_server::sm::{LeaseTable, RequestId, snapshot};
 use prost::Message;
 
 /// Resident set size of this process, in bytes.
@@ -34,16 +36,22 @@ fn rss() -> u64 {
 }
 
 fn filled(n: u32) -> LeaseTable {
+    filled_with(n, false)
+}
+
+/// `n` leases, each created by a resolve named with a request id when `named`.
+fn filled_with(n: u32, named: bool) -> LeaseTable {
     let mut table = LeaseTable::new();
     let mut events = Vec::new();
+    let stamp = affinity_server::clock::now_ms();
     for i in 0..n {
         let endpoint = ENDPOINTS[i as usize % ENDPOINTS.len()];
-        let cmd = resolve_command(
-            "default/web/0",
-            i,
-            affinity_server::clock::now_ms(),
-            endpoint,
-        );
+        let mut cmd = resolve_command("default/web/0", i, stamp, endpoint);
+        if named {
+            cmd.op = cmd
+                .op
+                .named(RequestId::checked(affinity_proto::request::new_request_id()));
+        }
         table.apply(u64::from(i) + 1, &cmd, &mut events);
         events.clear();
     }
@@ -120,4 +128,18 @@ fn main() {
         cmd.to_pb().encoded_len(),
         ENDPOINTS[0]
     );
+    let n = 200_000;
+    let before = rss();
+    let plain = filled_with(n, false);
+    let middle = rss();
+    let named = filled_with(n, true);
+    let after = rss();
+    let per_write =
+        (after.saturating_sub(middle) as f64 - middle.saturating_sub(before) as f64) / f64::from(n);
+    println!(
+        "named writes: {per_write:.0} B more per resolve named with a request id ({} remembered; bound {})",
+        named.remembered_len(),
+        affinity_server::sm::once::MAX_REMEMBERED
+    );
+    drop((plain, named));
 }

@@ -188,6 +188,21 @@ impl TryFrom<pb::ResolveRequest> for Resolve {
     }
 }
 
+impl From<&Resolve> for pb::ResolveRequest {
+    /// The wire form of a checked request (to send it on): the key's network address stands
+    /// for the client address, which the same masks map to the same key.
+    fn from(r: &Resolve) -> Self {
+        pb::ResolveRequest {
+            scope: r.scope.clone(),
+            client_ip: r.key.addr().to_string(),
+            policy: Some(r.policy.to_pb()),
+            endpoint: r.endpoint.clone(),
+            eligible_endpoints: r.eligible.clone(),
+            request_id: r.request_id.clone(),
+        }
+    }
+}
+
 /// A checked `Lookup`. Only the policy's masks matter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lookup {
@@ -403,13 +418,29 @@ mod tests {
     }
 
     #[test]
+    fn a_checked_resolve_goes_back_to_the_same_request() {
+        let wire = pb::ResolveRequest {
+            client_ip: "::ffff:10.4.7.99".into(),
+            eligible_endpoints: vec!["10.4.0.17:8080".into(), "10.4.0.18:8080".into()],
+            request_id: new_request_id(),
+            ..resolve()
+        };
+        let checked = Resolve::try_from(wire).unwrap();
+        let again = Resolve::try_from(pb::ResolveRequest::from(&checked)).unwrap();
+        assert_eq!(again, checked);
+    }
+
+    #[test]
     fn request_ids_are_optional_printable_and_bounded() {
         let named = pb::ResolveRequest {
             request_id: new_request_id(),
             ..resolve()
         };
         assert_eq!(named.request_id.len(), 32);
-        assert_eq!(Resolve::try_from(named.clone()).unwrap().request_id, named.request_id);
+        assert_eq!(
+            Resolve::try_from(named.clone()).unwrap().request_id,
+            named.request_id
+        );
         assert_eq!(Resolve::try_from(resolve()).unwrap().request_id, "");
         assert_ne!(new_request_id(), new_request_id());
         for (bad, rule) in [

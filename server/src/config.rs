@@ -35,6 +35,10 @@ pub struct Config {
     pub raft: RaftTuning,
     /// How often the leader proposes removing ended leases.
     pub sweep_interval: Duration,
+    /// How far a new leader's wall clock may move store time from where the previous
+    /// leader left it (as last heard, plus the time elapsed since): a clock further ahead or
+    /// behind is held to this bound, and logged (see [`crate::clock`]).
+    pub max_clock_step: Duration,
     /// How long a write or linearizable read may wait for a quorum before it fails with
     /// UNAVAILABLE (a caller's shorter deadline wins, with DEADLINE_EXCEEDED).
     pub proposal_timeout: Duration,
@@ -103,7 +107,7 @@ impl Default for RaftTuning {
     fn default() -> Self {
         Self {
             heartbeat: Duration::from_millis(100),
-            election_timeout: Duration::from_millis(800),
+            election_timeout: Duration::from_millis(400),
             snapshot_threshold: 50_000,
             logs_kept_after_snapshot: 5_000,
         }
@@ -121,6 +125,7 @@ impl Default for Config {
             join: Vec::new(),
             raft: RaftTuning::default(),
             sweep_interval: Duration::from_secs(1),
+            max_clock_step: crate::clock::DEFAULT_MAX_CLOCK_STEP,
             proposal_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
             storage: StoreOptions::default(),
@@ -396,6 +401,11 @@ impl Config {
             max_in_snapshot_log_to_keep: self.raft.logs_kept_after_snapshot,
             install_snapshot_timeout: ms(self.proposal_timeout).max(1_000),
             enable_pre_vote: Some(true),
+            // A leader restarted within its lease would otherwise come back as leader of
+            // its old term without an election, from a state machine rebuilt only up to the
+            // commit point it last synced (which may be older than what it acknowledged),
+            // and serve reads from it. Restarted, a node always wins a new election first.
+            enable_leader_restore: Some(false),
             ..openraft::Config::default()
         };
         config

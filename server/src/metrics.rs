@@ -188,6 +188,17 @@ fn gauge(
     metric.encode(m)
 }
 
+fn gauge_f64(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: f64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    let m = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+    metric.encode(m)
+}
+
 fn counter(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -279,6 +290,15 @@ impl prometheus_client::collector::Collector for NodeCollector {
             "1 if the node knows a leader and has applied (nearly) all that is committed",
             i64::from(node.is_ready()),
         )?;
+        if let Some(offset) = node.clock_offset_ms() {
+            #[allow(clippy::cast_precision_loss)] // milliseconds far below 2^52
+            gauge_f64(
+                &mut e,
+                "affinity_clock_offset_seconds",
+                "This node's wall clock minus the store time it knows (its own stamps while it leads, else the leader's last announcement)",
+                offset as f64 / 1000.0,
+            )?;
+        }
         let snapshots = node.state().snapshot_counts();
         counter(
             &mut e,

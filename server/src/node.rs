@@ -7,6 +7,7 @@
 
 use openraft::Instant as _;
 use openraft::async_runtime::watch::WatchReceiver as _;
+use openraft::storage::RaftLogReader as _;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,7 +23,7 @@ use crate::batch::{BatchStats, Batcher};
 use crate::clock;
 use crate::config::{Config, ConfigError, Limits};
 use crate::error::ServiceError;
-use crate::network::{PeerNetwork, Peers};
+use crate::network::{Handoff, LeaderTime, PeerNetwork, Peers};
 use crate::raft::{Node as RaftNode, NodeId, Raft, TypeConfig};
 use crate::sm::{Command, Op, Outcome};
 use crate::store::{self, StateMachineStore, StoreError};
@@ -179,21 +180,37 @@ pub struct Node {
     watch_slots: Arc<Semaphore>,
     /// Stamps proposals.
     stamps: Stamps,
+    /// The term in which this node last began handing leadership over.
+    handoff: Handoff,
+    /// When this node may first grant a vote (see [`Node::may_vote`]).
+    votes_from: Instant,
 }
 
 /// Stamps for this node's proposals while it leads: [`clock::LeaderClock`] fed with the
 /// current term and the newest stamp applied. Cheap to clone.
 #[derive(Clone)]
 pub struct Stamps {
-    clock: Arc<clock::LeaderClock>,
+    time: Arc<StoreTime>,
     raft: Raft,
-    state: StateMachineStore,
 }
 
 impl Stamps {
     /// The stamp for a proposal made now.
     pub fn now(&self) -> i64 {
         let term = self.raft.metrics().borrow_watched().current_term;
+        self.time.store_ms(term)
+    }
+}
+
+/// The store time as leader of a term: the leader clock over the newest stamp applied.
+/// Also what this node's appends announce to its followers.
+struct StoreTime {
+    clock: clock::LeaderClock,
+    state: StateMachineStore,
+}
+
+impl LeaderTime for StoreTime {
+    fn store_ms(&self, term: u64) -> i64 {
         self.clock.stamp(term, self.state.clock_ms())
     }
 }
@@ -229,14 +246,40 @@ impl Node {
         me: RaftNode,
         peers: Peers,
     ) -> Result<Arc<Node>, StartError> {
-        let raft_config = Arc::new(config.openraft()?);
+        let mut raft_config = config.openraft()?;
         let leader_lease = Duration::from_millis(raft_config.election_timeout_max);
         let dir = config.data_dir.clone();
         let options = config.storage.clone();
         let storage = tokio::task::spawn_blocking(move || store::open(&dir, &options))
             .await
             .map_err(|e| StartError::Raft(format!("storage open task failed: {e}")))??;
-        let network = PeerNetwork::new(config.node_id, peers.clone());
+        // A node that had a vote may have acknowledged a leader whose lease still runs; it
+        // holds off electing until that lease has surely ended (see `Node::may_vote`).
+        let had_vote = storage
+            .log
+            .clone()
+            .read_vote()
+            .await
+            .map_err(|e| StartError::Raft(format!("reading the saved vote: {e}")))?
+            .is_some_and(|vote| vote.leader_id.term > 0);
+        let votes_from = if had_vote {
+            Instant::now() + leader_lease
+        } else {
+            Instant::now()
+        };
+        raft_config.enable_elect = !had_vote;
+        let raft_config = Arc::new(raft_config);
+        let handoff = Handoff::default();
+        let time = Arc::new(StoreTime {
+            clock: clock::LeaderClock::new(config.max_clock_step),
+            state: storage.state.clone(),
+        });
+        let network = PeerNetwork::new(
+            config.node_id,
+            peers.clone(),
+            handoff.clone(),
+            Arc::clone(&time) as Arc<dyn LeaderTime>,
+        );
         let raft = Raft::new(
             config.node_id,
             raft_config,
@@ -247,9 +290,8 @@ impl Node {
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
         let stamps = Stamps {
-            clock: Arc::new(clock::LeaderClock::default()),
+            time,
             raft: raft.clone(),
-            state: storage.state.clone(),
         };
         let batcher = Batcher::start(
             raft.clone(),
@@ -271,14 +313,85 @@ impl Node {
             refusals: Refusals::default(),
             watch_slots: Arc::new(Semaphore::new(config.limits.max_watchers)),
             stamps,
+            handoff,
+            votes_from,
         };
+        node.hold_elections_until(votes_from);
         crate::join::bootstrap(&node, config, &peers).await?;
         Ok(Arc::new(node))
+    }
+
+    /// Let Raft start elections from `from` on (at once for the only voter of a cluster,
+    /// whose lease nobody else relies on).
+    fn hold_elections_until(&self, from: Instant) {
+        let only_voter = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow_watched();
+            let voters: BTreeSet<NodeId> = m.membership_config.membership().voter_ids().collect();
+            voters.len() <= 1
+        };
+        let runtime = self.raft.runtime_config();
+        if only_voter || from <= Instant::now() {
+            runtime.elect(true);
+            return;
+        }
+        let raft = self.raft.clone();
+        tracing::info!(
+            wait_ms = u64::try_from(from.saturating_duration_since(Instant::now()).as_millis())
+                .unwrap_or(u64::MAX),
+            "restarted: not voting or campaigning until any lease this node granted before has ended"
+        );
+        tokio::spawn(async move {
+            tokio::time::sleep_until(from).await;
+            raft.runtime_config().elect(true);
+        });
+    }
+
+    /// Whether this node may grant a vote now. A restarted node does not remember the
+    /// leader lease it granted before it stopped: a leader it acknowledged may still answer
+    /// from its own state for up to one lease after that acknowledgement, so the node
+    /// refuses votes (and does not campaign) until one lease after it started. A vote for a
+    /// leadership handoff is always allowed: the leader that asked for it has stopped
+    /// answering from its state. Err: how long until it may.
+    pub fn may_vote(&self, handoff: bool) -> Result<(), Duration> {
+        let wait = self.votes_from.saturating_duration_since(Instant::now());
+        if handoff || wait.is_zero() {
+            Ok(())
+        } else {
+            Err(wait)
+        }
     }
 
     /// The time this node would stamp a proposal with now (see [`clock::LeaderClock`]).
     pub fn stamp_now(&self) -> i64 {
         self.stamps.now()
+    }
+
+    /// An append from the leader of `vote` announced its store time `store_ms`, heard at
+    /// `at`. Kept if it comes from a leader of this node's term or later (an old leader's
+    /// late append says nothing about the current store time), and if it is not this node.
+    pub fn hear_leader(&self, vote: &crate::raft::Vote, store_ms: i64, at: std::time::Instant) {
+        let term = vote.leader_id.term;
+        if store_ms == 0 || vote.leader_id.voted_for == self.id {
+            return;
+        }
+        if term >= self.raft.metrics().borrow_watched().current_term {
+            self.stamps.time.clock.hear(term, store_ms, at);
+        }
+    }
+
+    /// How far this node's wall clock is ahead of the store time it knows (its own stamps
+    /// while it leads, else what the leader last announced), in ms; `None` before it knows.
+    pub fn clock_offset_ms(&self) -> Option<i64> {
+        let (term, leading) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow_watched();
+            (m.current_term, m.state == ServerState::Leader)
+        };
+        self.stamps
+            .time
+            .clock
+            .offset_ms(term, leading, clock::now_ms(), std::time::Instant::now())
     }
 
     /// The configured bounds.
@@ -513,15 +626,18 @@ impl Node {
 
     /// Whether this node can serve a linearizable read from its applied state right now,
     /// judged from the metrics Raft publishes, without a message to the Raft task: it is
-    /// the leader, a quorum acknowledged it less than 90% of the leader lease ago (openraft's
-    /// own lease read uses the whole lease), and it has applied an entry of its own term, so
-    /// everything an earlier leader committed is applied too. Applied state is enough: a
-    /// write is acknowledged only once the leader has applied it. Stale metrics only make
-    /// this more cautious (an older acknowledgement); when it says no, the caller asks Raft.
+    /// the leader, it has not begun handing leadership over in this term (a handoff lets
+    /// the target be elected at once, without waiting out this leader's lease), a quorum
+    /// acknowledged it less than 90% of the leader lease ago (openraft's own lease read
+    /// uses the whole lease), and it has applied an entry of its own term, so everything an
+    /// earlier leader committed is applied too. Applied state is enough: a write is
+    /// acknowledged only once the leader has applied it. Stale metrics only make this more
+    /// cautious (an older acknowledgement); when it says no, the caller asks Raft, whose
+    /// read paths refuse during a handoff too.
     fn lease_holds_here(&self) -> bool {
         let metrics = self.raft.metrics();
         let m = metrics.borrow_watched();
-        if m.state != ServerState::Leader {
+        if m.state != ServerState::Leader || self.handoff.began_in(m.current_term) {
             return false;
         }
         let applied_this_term = m
@@ -675,20 +791,17 @@ impl Node {
     }
 
     /// The leader, once this node knows one other than itself: its id and client address.
-    /// `None` if none is known before `budget` runs out, or if this node leads again.
+    /// `None` if none is known before `budget` runs out. (A deposed leader may still name
+    /// itself for a moment, until it hears of the new term.)
     pub async fn await_leader(&self, budget: Budget) -> Option<(NodeId, String)> {
         let mut metrics = self.raft.metrics();
         let found = tokio::time::timeout_at(budget.until, async {
             loop {
                 let leader = metrics.borrow_watched().current_leader;
-                match leader {
-                    Some(id) if id == self.id => return None,
-                    Some(id) => {
-                        if let Some(node) = self.member(id) {
-                            return Some((id, node.addr));
-                        }
-                    }
-                    None => {}
+                if let Some(id) = leader.filter(|id| *id != self.id)
+                    && let Some(node) = self.member(id)
+                {
+                    return Some((id, node.addr));
                 }
                 if metrics.changed().await.is_err() {
                     return None;

@@ -238,6 +238,9 @@ async fn serve(
         report_health(Arc::clone(&node), health.clone(), stopping.clone()).in_current_span(),
     );
     tasks.spawn(
+        watch_clock(Arc::clone(&node), config.max_clock_step, stopping.clone()).in_current_span(),
+    );
+    tasks.spawn(
         mark_applied(Arc::clone(&node), config.data_dir.clone(), stopping.clone())
             .in_current_span(),
     );
@@ -474,6 +477,43 @@ async fn mark_applied(node: Arc<Node>, dir: std::path::PathBuf, stopping: Cancel
         }
         if stop {
             return;
+        }
+    }
+}
+
+/// Every few seconds, compare this node's wall clock with the store time it knows; warn
+/// (at most once a minute while it lasts) when they are further apart than
+/// `max-clock-step`, since this node would move store time by as much should it lead.
+async fn watch_clock(node: Arc<Node>, max_step: Duration, stopping: CancellationToken) {
+    let bound = i64::try_from(max_step.as_millis()).unwrap_or(i64::MAX);
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut warned: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::select! {
+            () = stopping.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match node.clock_offset_ms() {
+            Some(offset) if offset.abs() > bound => {
+                if warned.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+                    continue;
+                }
+                tracing::warn!(
+                    offset_ms = offset,
+                    max_clock_step_ms = bound,
+                    "this node's wall clock is off the store's time by more than max-clock-step; synchronize it (NTP): were it to lead, new leases would be stamped up to max-clock-step off"
+                );
+                warned = Some(tokio::time::Instant::now());
+            }
+            Some(offset) if warned.is_some() => {
+                tracing::info!(
+                    offset_ms = offset,
+                    "this node's wall clock agrees with the store's time again"
+                );
+                warned = None;
+            }
+            _ => {}
         }
     }
 }

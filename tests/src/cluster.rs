@@ -40,6 +40,8 @@ pub struct ClusterOptions {
     pub extra_args: Vec<String>,
     /// Environment variables for every node.
     pub extra_env: Vec<(String, String)>,
+    /// Environment variables for some nodes only, by id (after `extra_env`).
+    pub node_env: BTreeMap<u64, Vec<(String, String)>>,
     /// Folder to hold the nodes' data folders (for example a small mount); by default the
     /// cluster's own temporary folder.
     pub data_parent: Option<PathBuf>,
@@ -72,6 +74,7 @@ impl Default for ClusterOptions {
             logs_kept: 1_000,
             extra_args: Vec::new(),
             extra_env: Vec::new(),
+            node_env: BTreeMap::new(),
             data_parent: None,
             client_tls: None,
             peer_ports: false,
@@ -233,6 +236,14 @@ impl Cluster {
             .args(["--log-level", "info,openraft=warn"])
             .args(&options.extra_args)
             .envs(options.extra_env.iter().map(|(k, v)| (k, v)))
+            .envs(
+                options
+                    .node_env
+                    .get(&id)
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| (k, v)),
+            )
             .env_remove("AFFINITY_CONFIG")
             .stdin(Stdio::null())
             .stdout(log)

@@ -143,6 +143,10 @@ struct NodeArgs {
     /// How often the leader removes ended leases. [default: 1s]
     #[arg(long, global = true, env = "AFFINITY_SWEEP_INTERVAL")]
     sweep_interval: Option<GatewayDuration>,
+    /// How far a new leader's wall clock may move store time from where the previous leader
+    /// left it. [default: 1s]
+    #[arg(long, global = true, env = "AFFINITY_MAX_CLOCK_STEP")]
+    max_clock_step: Option<GatewayDuration>,
     /// How long a write waits for a quorum before UNAVAILABLE. [default: 5s]
     #[arg(long, global = true, env = "AFFINITY_PROPOSAL_TIMEOUT")]
     proposal_timeout: Option<GatewayDuration>,
@@ -231,6 +235,7 @@ struct FileArgs {
     raft_snapshot_threshold: Option<u64>,
     raft_logs_kept: Option<u64>,
     sweep_interval: Option<GatewayDuration>,
+    max_clock_step: Option<GatewayDuration>,
     proposal_timeout: Option<GatewayDuration>,
     shutdown_grace: Option<GatewayDuration>,
     watch_buffer: Option<usize>,
@@ -314,6 +319,11 @@ fn layer(args: NodeArgs) -> Result<Settings, String> {
             args.sweep_interval,
             file.sweep_interval,
             defaults.sweep_interval,
+        ),
+        max_clock_step: duration(
+            args.max_clock_step,
+            file.max_clock_step,
+            defaults.max_clock_step,
         ),
         proposal_timeout: duration(
             args.proposal_timeout,
@@ -588,6 +598,7 @@ fn check(settings: &Settings) -> Result<serde_json::Value, String> {
         "raft_election_timeout_ms": config.raft.election_timeout.as_millis(),
         "raft_snapshot_threshold": config.raft.snapshot_threshold,
         "sweep_interval_ms": config.sweep_interval.as_millis(),
+        "max_clock_step_ms": config.max_clock_step.as_millis(),
         "proposal_timeout_ms": config.proposal_timeout.as_millis(),
         "shutdown_grace_ms": config.shutdown_grace.as_millis(),
         "max_leases": config.limits.max_leases,

@@ -153,8 +153,9 @@ impl Affinity for AffinityService {
     ) -> Result<Response<pb::ResolveResponse>, Status> {
         serve("Resolve", &self.ctx, request, async |call, mut wire| {
             name_write(call, &mut wire.request_id);
-            let spare = self.ctx.spare(call, &wire);
             let checked = request::Resolve::try_from(wire).map_err(invalid)?;
+            // Made again from the checked request only if it is sent on: a hit copies nothing.
+            let spare = || Some(pb::ResolveRequest::from(&checked));
             call.record_key(&checked.scope, &checked.key);
             let request_id = checked.request_id.clone();
             let answer = |outcome| match outcome {
@@ -179,7 +180,8 @@ impl Affinity for AffinityService {
                 }
                 // Boxed, so that a read served from a kept lease does not carry the (much
                 // larger) write future with it.
-                answer(Box::pin(self.ctx.node.propose(Op::resolve(checked), budget)).await?)
+                let op = Op::resolve(checked.clone());
+                answer(Box::pin(self.ctx.node.propose(op, budget)).await?)
             };
             self.ctx
                 .here_or_leader(call, budget, spare, work, |channel, req| async move {
@@ -209,9 +211,12 @@ impl Affinity for AffinityService {
                 return read().map_err(|e: ServiceError| Status::from(e));
             }
             self.ctx
-                .read_or_forward(call, spare, read, |channel, req| async move {
-                    client(channel).lookup(req).await
-                })
+                .read_or_forward(
+                    call,
+                    || spare,
+                    read,
+                    |channel, req| async move { client(channel).lookup(req).await },
+                )
                 .await
         })
         .await
@@ -238,7 +243,7 @@ impl Affinity for AffinityService {
                 .propose_or_forward(
                     call,
                     Op::reassign(checked),
-                    spare,
+                    || spare,
                     answer,
                     |channel, req| async move { client(channel).reassign(req).await },
                 )
@@ -263,9 +268,13 @@ impl Affinity for AffinityService {
                 other => Err(unexpected(&other, &request_id)),
             };
             self.ctx
-                .propose_or_forward(call, op, spare, answer, |channel, req| async move {
-                    client(channel).release(req).await
-                })
+                .propose_or_forward(
+                    call,
+                    op,
+                    || spare,
+                    answer,
+                    |channel, req| async move { client(channel).release(req).await },
+                )
                 .await
         })
         .await
@@ -292,9 +301,13 @@ impl Affinity for AffinityService {
                     other => Err(unexpected(&other, &request_id)),
                 };
                 self.ctx
-                    .propose_or_forward(call, op, spare, answer, |channel, req| async move {
-                        client(channel).drain_endpoint(req).await
-                    })
+                    .propose_or_forward(
+                        call,
+                        op,
+                        || spare,
+                        answer,
+                        |channel, req| async move { client(channel).drain_endpoint(req).await },
+                    )
                     .await
             },
         )
@@ -337,9 +350,12 @@ impl Affinity for AffinityService {
                 })
             };
             self.ctx
-                .read_or_forward(call, spare, read, |channel, req| async move {
-                    client(channel).list(req).await
-                })
+                .read_or_forward(
+                    call,
+                    || spare,
+                    read,
+                    |channel, req| async move { client(channel).list(req).await },
+                )
                 .await
         })
         .await

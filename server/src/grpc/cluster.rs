@@ -86,7 +86,7 @@ impl Cluster for ClusterService {
                 .here_or_leader(
                     call,
                     budget,
-                    Some(wire.clone()),
+                    || Some(wire.clone()),
                     work,
                     |channel, req| async move { client(channel).add_learner(req).await },
                 )
@@ -122,7 +122,7 @@ impl Cluster for ClusterService {
                     .here_or_leader(
                         call,
                         budget,
-                        Some(wire.clone()),
+                        || Some(wire.clone()),
                         work,
                         |channel, req| async move { client(channel).change_membership(req).await },
                     )
@@ -147,9 +147,13 @@ impl Cluster for ClusterService {
                 Ok(pb::TransferLeaderResponse { leader_id })
             };
             self.ctx
-                .here_or_leader(call, budget, Some(wire), work, |channel, req| async move {
-                    client(channel).transfer_leader(req).await
-                })
+                .here_or_leader(
+                    call,
+                    budget,
+                    || Some(wire),
+                    work,
+                    |channel, req| async move { client(channel).transfer_leader(req).await },
+                )
                 .await
         })
         .await
@@ -237,7 +241,7 @@ impl Cluster for ClusterService {
                 .here_or_leader(
                     call,
                     budget,
-                    Some(wire.clone()),
+                    || Some(wire.clone()),
                     work,
                     |channel, req| async move { client(channel).restore(req).await },
                 )

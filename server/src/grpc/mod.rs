@@ -66,7 +66,7 @@ impl Ctx {
         &self,
         call: &Call,
         op: Op,
-        wire: Option<Req>,
+        wire: impl FnOnce() -> Option<Req>,
         answer: impl FnOnce(Outcome) -> Result<Resp, ServiceError>,
         forward: Fwd,
     ) -> Result<Resp, Status>
@@ -83,7 +83,7 @@ impl Ctx {
     pub async fn read_or_forward<Req, Resp, Fwd, Fut>(
         &self,
         call: &Call,
-        wire: Option<Req>,
+        wire: impl FnOnce() -> Option<Req>,
         read: impl FnOnce() -> Result<Resp, ServiceError>,
         forward: Fwd,
     ) -> Result<Resp, Status>
@@ -102,12 +102,13 @@ impl Ctx {
     /// Do `work` here; if it needs the leader and this node is not it (or stopped being it
     /// while the call waited), send `wire` there instead, within the call's budget: to the
     /// leader the error names, else to the one this node learns of before the budget ends.
-    /// A call that was itself forwarded, or has no `wire` to send, gets the error.
+    /// `wire` makes the request to send, only when one is sent. A call that was itself
+    /// forwarded, or has no `wire` to send, gets the error.
     pub async fn here_or_leader<Req, Resp, Fwd, Fut>(
         &self,
         call: &Call,
         budget: Budget,
-        wire: Option<Req>,
+        wire: impl FnOnce() -> Option<Req>,
         work: impl Future<Output = Result<Resp, ServiceError>>,
         forward: Fwd,
     ) -> Result<Resp, Status>
@@ -129,7 +130,7 @@ impl Ctx {
                 leader_address,
             })
         };
-        let Some(wire) = wire.filter(|_| !call.forwarded()) else {
+        let Some(wire) = (!call.forwarded()).then(wire).flatten() else {
             return Err(not_leader(leader_id, leader_address));
         };
         let (leader_id, address) = match leader_address {

@@ -6,6 +6,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
+use std::time::Instant;
 
 use affinity_proto::pb::raft_server::Raft as RaftRpc;
 use affinity_proto::{ValidationError, pb};
@@ -57,6 +58,12 @@ impl RaftRpc for PeerService {
     ) -> Result<Response<pb::RaftVoteResponse>, Status> {
         let (req, pre_vote) =
             vote_request_from_pb(request.get_ref()).map_err(|e| bad_message(&e))?;
+        if let Err(wait) = self.node.may_vote(req.leadership_transfer) {
+            return Err(Status::unavailable(format!(
+                "this node restarted less than a leader lease ago and votes again in {} ms",
+                wait.as_millis()
+            )));
+        }
         let raft = self.node.raft();
         let resp = if pre_vote {
             raft.pre_vote(req).await
@@ -71,7 +78,11 @@ impl RaftRpc for PeerService {
         &self,
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
-        let req = append_request_from_pb(request.into_inner()).map_err(|e| bad_message(&e))?;
+        let heard = Instant::now();
+        let wire = request.into_inner();
+        let leader_store_ms = wire.leader_store_ms;
+        let req = append_request_from_pb(wire).map_err(|e| bad_message(&e))?;
+        self.node.hear_leader(&req.vote, leader_store_ms, heard);
         let resp = self
             .node
             .raft()
@@ -89,18 +100,28 @@ impl RaftRpc for PeerService {
         request: Request<Streaming<pb::AppendEntriesRequest>>,
     ) -> Result<Response<Self::StreamAppendStream>, Status> {
         // Requests that fail to arrive or decode end the input; openraft then ends the output.
+        let node = Arc::clone(&self.node);
         let input = request
             .into_inner()
             .take_while(|item| futures::future::ready(item.is_ok()))
-            .filter_map(|item| async move {
-                match item.ok().map(append_request_from_pb) {
-                    Some(Ok(req)) => Some(req),
+            .filter_map(move |item| {
+                let heard = Instant::now();
+                let decoded = item.ok().map(|wire| {
+                    let leader_store_ms = wire.leader_store_ms;
+                    append_request_from_pb(wire).map(|req| (req, leader_store_ms))
+                });
+                let req = match decoded {
+                    Some(Ok((req, leader_store_ms))) => {
+                        node.hear_leader(&req.vote, leader_store_ms, heard);
+                        Some(req)
+                    }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "dropping a malformed append request from a peer");
                         None
                     }
                     None => None,
-                }
+                };
+                futures::future::ready(req)
             });
         let output = self
             .node

@@ -1,6 +1,7 @@
 //! One peer as openraft sees it: its RPCs as `affinity.v1.Raft` calls.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use affinity_proto::pb;
@@ -18,7 +19,7 @@ use tokio_util::io::ReaderStream;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::{PEER_MAX_MESSAGE_BYTES, Peers};
+use super::{Handoff, LeaderTime, PEER_MAX_MESSAGE_BYTES, Peers};
 use crate::raft::codec::{CodecError, snapshot_meta_to_pb, vote_from_pb, vote_to_pb};
 use crate::raft::messages::{
     append_request_to_pb, append_response_from_pb, handoff_request_to_pb, handoff_response_from_pb,
@@ -36,6 +37,10 @@ pub struct PeerConnection {
     target: NodeId,
     address: String,
     peers: Peers,
+    /// Where handoffs this node starts are recorded.
+    handoff: Handoff,
+    /// The store time its appends carry.
+    time: Arc<dyn LeaderTime>,
     /// The client, and the generation of [`Peers`] channels it was made from.
     client: Option<(RaftClient<Channel>, u64)>,
 }
@@ -43,12 +48,21 @@ pub struct PeerConnection {
 type Result<T, E = RPCError<TypeConfig>> = std::result::Result<T, E>;
 
 impl PeerConnection {
-    pub(super) fn new(id: NodeId, target: NodeId, address: String, peers: Peers) -> Self {
+    pub(super) fn new(
+        id: NodeId,
+        target: NodeId,
+        address: String,
+        peers: Peers,
+        handoff: Handoff,
+        time: Arc<dyn LeaderTime>,
+    ) -> Self {
         Self {
             id,
             target,
             address,
             peers,
+            handoff,
+            time,
             client: None,
         }
     }
@@ -95,6 +109,16 @@ impl PeerConnection {
     }
 }
 
+/// Turns each streamed append into its wire form, stamped with the leader's store time.
+fn stamped(
+    time: Arc<dyn LeaderTime>,
+) -> impl FnMut(AppendEntriesRequest<TypeConfig>) -> pb::AppendEntriesRequest + Send + 'static {
+    move |req| {
+        let now = time.store_ms(req.vote.leader_id.term);
+        append_request_to_pb(&req, now)
+    }
+}
+
 fn request<T>(message: T, option: &RPCOption) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(option.hard_ttl());
@@ -125,7 +149,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>> {
         let mut client = self.client()?;
-        let req = request(append_request_to_pb(&rpc), &option);
+        let now = self.time.store_ms(rpc.vote.leader_id.term);
+        let req = request(append_request_to_pb(&rpc, now), &option);
         let resp = self
             .unary(RPCTypes::AppendEntries, &option, client.append_entries(req))
             .await?;
@@ -145,7 +170,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     {
         Box::pin(async move {
             let mut client = self.client()?;
-            let outbound = input.map(|req| append_request_to_pb(&req));
+            let outbound = input.map(stamped(Arc::clone(&self.time)));
             let inbound = client
                 .stream_append(tonic::Request::new(outbound))
                 .await
@@ -235,6 +260,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         req: TransferLeaderRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<TransferLeaderResponse<TypeConfig>> {
+        // Before anything leaves: the target may be leader as soon as it has this message.
+        self.handoff.begin(req.from_leader().leader_id.term);
         let mut client = self.client()?;
         let wire = request(handoff_request_to_pb(&req), &option);
         let resp = self

@@ -5,6 +5,10 @@
 //! openraft's network factory; each [`PeerConnection`] turns openraft's RPCs into calls on
 //! the `affinity.v1.Raft` service (see [`crate::grpc`] for the serving side). Transport
 //! failures are reported as "unreachable", which makes openraft back off from that peer.
+//!
+//! Every leadership handoff this node starts goes out through here, so [`Handoff`] records
+//! the term in which it began: from that moment another node may lead, and the node stops
+//! answering from its own state (see `Node::lease_holds_here`).
 
 mod connection;
 
@@ -114,17 +118,52 @@ impl Peers {
     }
 }
 
+/// The store time this node, leading `term`, would stamp a proposal with now; carried by
+/// every append it sends, so that followers know where a new leader must start from (see
+/// [`crate::clock`]). Implemented above this layer, by the node.
+pub trait LeaderTime: Send + Sync {
+    /// Store time (Unix ms) as leader of `term`.
+    fn store_ms(&self, term: u64) -> i64;
+}
+
+/// The term in which this node, as leader, began handing leadership over (0: never).
+/// Set before the handoff message leaves, so before the target can have been elected.
+/// Cheap to clone; clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct Handoff(Arc<AtomicU64>);
+
+impl Handoff {
+    /// A handoff begins in `term`.
+    pub fn begin(&self, term: u64) {
+        self.0.fetch_max(term, Ordering::SeqCst);
+    }
+
+    /// Whether this node began a handoff in `term`: for the rest of that term another node
+    /// may lead.
+    pub fn began_in(&self, term: u64) -> bool {
+        term > 0 && self.0.load(Ordering::SeqCst) >= term
+    }
+}
+
 /// openraft's network factory over [`Peers`].
 #[derive(Clone)]
 pub struct PeerNetwork {
     id: NodeId,
     peers: Peers,
+    handoff: Handoff,
+    time: Arc<dyn LeaderTime>,
 }
 
 impl PeerNetwork {
-    /// The network of node `id`.
-    pub fn new(id: NodeId, peers: Peers) -> Self {
-        Self { id, peers }
+    /// The network of node `id`, recording the handoffs it sends in `handoff` and stamping
+    /// its appends with `time`.
+    pub fn new(id: NodeId, peers: Peers, handoff: Handoff, time: Arc<dyn LeaderTime>) -> Self {
+        Self {
+            id,
+            peers,
+            handoff,
+            time,
+        }
     }
 }
 
@@ -132,6 +171,13 @@ impl openraft::RaftNetworkFactory<TypeConfig> for PeerNetwork {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> Self::Network {
-        PeerConnection::new(self.id, target, node.peer().to_string(), self.peers.clone())
+        PeerConnection::new(
+            self.id,
+            target,
+            node.peer().to_string(),
+            self.peers.clone(),
+            self.handoff.clone(),
+            Arc::clone(&self.time),
+        )
     }
 }

@@ -22,12 +22,16 @@ fn required_vote(vote: Option<&pb::Vote>, what: &'static str) -> Result<Vote, Co
 }
 
 /// An append request, for the wire.
-pub fn append_request_to_pb(req: &AppendEntriesRequest<TypeConfig>) -> pb::AppendEntriesRequest {
+pub fn append_request_to_pb(
+    req: &AppendEntriesRequest<TypeConfig>,
+    leader_store_ms: i64,
+) -> pb::AppendEntriesRequest {
     pb::AppendEntriesRequest {
         vote: Some(vote_to_pb(&req.vote)),
         prev_log_id: req.prev_log_id.as_ref().map(log_id_to_pb),
         entries: req.entries.iter().map(entry_to_pb).collect(),
         leader_commit: req.leader_commit.as_ref().map(log_id_to_pb),
+        leader_store_ms,
     }
 }
 

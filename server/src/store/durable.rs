@@ -50,8 +50,12 @@ pub struct FlushStats {
     /// Total time spent syncing, in microseconds.
     pub sync_micros: AtomicU64,
     /// The highest log index known to be on disk: the last entry present when the latest
-    /// successful sync began.
+    /// successful sync began, lowered when the log is truncated below it (entries written
+    /// again at those indexes are on disk only once a later sync covers them).
     pub durable_index: AtomicU64,
+    /// Truncations so far; a sync that saw one happen while it ran does not raise
+    /// `durable_index` (the entries it covered may be gone).
+    truncations: Mutex<u64>,
 }
 
 enum Job {
@@ -86,9 +90,13 @@ impl Flusher {
                     batch.extend(rx.try_iter());
                     if failed.is_none() {
                         let started = Instant::now();
+                        let truncations = *thread_stats.truncations.lock();
                         match durable.sync() {
                             Ok(Some(index)) => {
-                                thread_stats.durable_index.fetch_max(index, Ordering::Relaxed);
+                                let now = thread_stats.truncations.lock();
+                                if *now == truncations {
+                                    thread_stats.durable_index.fetch_max(index, Ordering::Relaxed);
+                                }
                             }
                             Ok(None) => {}
                             Err(e) => {
@@ -159,6 +167,16 @@ impl Flusher {
             .map_err(|_| io::Error::other("the flush thread has stopped"))?;
         rx.await
             .map_err(|_| io::Error::other("the flush thread stopped before syncing"))?
+    }
+
+    /// The log was truncated after `last_kept`: entries above it that were durable are gone,
+    /// and what is written there next is durable only after a later sync.
+    pub fn truncated(&self, last_kept: u64) {
+        let mut truncations = self.stats.truncations.lock();
+        *truncations += 1;
+        self.stats
+            .durable_index
+            .fetch_min(last_kept, Ordering::Relaxed);
     }
 
     /// Counters of the flush thread.

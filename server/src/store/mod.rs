@@ -80,7 +80,7 @@ pub enum StoreError {
     /// The Raft log ends before entries this node had applied from it: the log was damaged
     /// (sled drops everything after a corrupted record) or replaced.
     #[error(
-        "data directory {dir}: the Raft log ends at entry {last}, but this node had applied entries up to {marked} from it (recorded in {APPLIED_MARK}); the log file is damaged or was replaced, so this node refuses to start rather than serve without acknowledged writes. Move the data directory aside and let the node rejoin its cluster (docs/operations.md), or restore a backup"
+        "data directory {dir}: the Raft log (raft/db) ends at entry {last}, but this node had applied and synced entries up to {marked} from it (recorded in {APPLIED_MARK}); the log file is damaged or was replaced, so this node refuses to start rather than serve without acknowledged writes. Move the data directory aside and let the node rejoin its cluster (docs/operations.md), or restore a backup"
     )]
     LogBehind {
         /// The data directory.

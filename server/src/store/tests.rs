@@ -315,3 +315,32 @@ async fn a_snapshot_from_elsewhere_is_copied_in_and_becomes_current() {
     assert!(current.data.path().starts_with(follower_dir.path()));
     assert_eq!(current.lease_count, 300);
 }
+
+/// The durable index the applied-index mark is taken from must fall with a truncation: a
+/// deposed leader's tail is cut, the new leader's entries at those indexes are applied
+/// before this node has synced them, and a mark taken from the old, higher durable index
+/// would make the next start refuse a healthy node ("log behind").
+#[tokio::test]
+async fn truncation_lowers_the_durable_index() {
+    use std::sync::atomic::Ordering::Relaxed;
+    let dir = tempfile::tempdir().unwrap();
+    let mut storage = open(dir.path(), &StoreOptions::default()).unwrap();
+    let entries = (1..=10)
+        .map(|i| resolve_entry(1, i, &format!("10.0.{i}.0/24"), "10.4.0.1:80"))
+        .collect();
+    append_and_wait(&mut storage.log, entries).await;
+    let durable = || storage.flusher.stats().durable_index.load(Relaxed);
+    assert_eq!(durable(), 10);
+    storage
+        .log
+        .truncate_after(Some(LogId::new_term_index(1, 5)))
+        .await
+        .unwrap();
+    assert_eq!(durable(), 5, "entries 6..=10 are gone");
+    let entries = (6..=8)
+        .map(|i| resolve_entry(2, i, &format!("10.1.{i}.0/24"), "10.4.0.2:80"))
+        .collect();
+    append_and_wait(&mut storage.log, entries).await;
+    assert_eq!(durable(), 8, "the new entries are durable once synced");
+    storage.close();
+}

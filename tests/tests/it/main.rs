@@ -22,6 +22,8 @@
 //!   over TLS, a certificate rotated in place.
 //! - `service`: health, reflection, leader hints, deadlines without a quorum, slow watchers,
 //!   oversized messages.
+//! - `stale_paths`: a leader restarted at once, a restarted follower asked to vote, calls
+//!   queued on a frozen leader, retried writes: none answers from old state or applies twice.
 
 // Tests fail by panicking.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -40,4 +42,5 @@ mod limits;
 mod peer_port;
 mod robustness;
 mod service;
+mod stale_paths;
 mod tls;

@@ -405,7 +405,7 @@ async fn a_damaged_log_stops_the_node_at_start_instead_of_losing_writes_silently
     assert!(!status.success(), "the node started on a damaged log");
     let said = cluster.log(1)[logged_before..].to_string();
     assert!(
-        said.contains("the Raft log ends at entry") && said.contains("refuses to start"),
+        said.contains("the Raft log (raft/db) ends at entry") && said.contains("refuses to start"),
         "the error says what is wrong: {said}"
     );
 }
