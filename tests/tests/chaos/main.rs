@@ -1,10 +1,12 @@
 //! Chaos: a 3-node cluster of `affinityd` containers under a gateway-like workload while
-//! nodes are killed, frozen, cut off, restarted and replaced; then the history is checked
-//! (see `affinity_tests::checker`) and the figures reported.
+//! nodes are killed, frozen, cut off, restarted and replaced; then the history, with a
+//! `List` of the store after healing, is checked for linearizability key by key (see
+//! `affinity_tests::checker`) and the figures reported.
 //!
 //! Needs Docker (skips loudly without it; fails with `AFFINITY_REQUIRE_DOCKER=1`). The
 //! scenarios run one at a time: each is three containers plus the workload on a 2-core
-//! machine. Each prints a report and writes it, with the containers' logs, to
+//! machine. Each prints a report and writes it, with the containers' logs, every recorded
+//! call (`history.txt`) and any violation (`violations.txt`), to
 //! `target/test-output/chaos/<scenario>/`.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use affinity_tests::checker;
+use affinity_tests::checker::{self, CheckOptions, Listing};
 use affinity_tests::containers::{ContainerCluster, ContainerOptions};
 use affinity_tests::wait;
 use affinity_tests::workload::{self, History, Workload, WorkloadOptions};
@@ -35,6 +37,10 @@ pub struct Run {
     pub cluster: ContainerCluster,
     /// What the scenario did and measured.
     pub report: Report,
+    /// How far store times may be from the host clock around a call, in ms, for the
+    /// checker: a few ms by default (the containers share the host's clock); a scenario
+    /// that skews node clocks sets more (e.g. `run.clock_tolerance_ms = 1_100`).
+    pub clock_tolerance_ms: i64,
     workload: Option<Workload>,
     progress: Arc<AtomicUsize>,
     options: WorkloadOptions,
@@ -89,6 +95,7 @@ where
     let mut run = Run {
         report: Report::new(name, cluster.out_dir()),
         cluster,
+        clock_tolerance_ms: CheckOptions::default().clock_tolerance_ms,
         workload: Some(workload),
         progress,
         options,
@@ -104,32 +111,92 @@ where
     let history: History = run.workload.take().expect("the workload runs").stop().await;
 
     let leader = run.cluster.wait_leader(&run.cluster.all()).await;
-    let listed_at = workload::now_ms();
-    let mut listed = Vec::new();
+    let mut listing = Listing {
+        invoke_ms: workload::now_ms(),
+        ..Listing::default()
+    };
     for scope in [workload::LONG_SCOPE, workload::SHORT_SCOPE] {
-        listed.extend(
+        listing.leases.extend(
             workload::list_all(run.cluster.channel(leader), scope)
                 .await
                 .expect("List after healing"),
         );
     }
-    match checker::check(&history, &run.options, &listed, listed_at) {
-        Ok(summary) => {
-            run.report.summary = Some(summary);
-            run.report.finish();
-        }
-        Err(violations) => {
-            run.report.finish();
-            panic!(
-                "{name}: {} violations, first ones:\n{}",
-                violations.len(),
-                violations
-                    .iter()
-                    .take(20)
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            );
-        }
+    listing.response_ms = workload::now_ms();
+    save_history(&run, &history);
+
+    let options = CheckOptions {
+        clock_tolerance_ms: run.clock_tolerance_ms,
+        ..CheckOptions::default()
+    };
+    let checked = checker::check(&history, &run.options, Some(&listing), &options);
+    run.report.summary = Some(checked.summary.clone());
+    run.report.violations = checked.violations.len();
+    if !checked.passed() {
+        let text: Vec<String> = checked.violations.iter().map(ToString::to_string).collect();
+        let path = run.cluster.out_dir().join("violations.txt");
+        let header = format!(
+            "# times +s.mmm count from the workload's start, Unix ms {} ({} UTC, as in the container logs)\n\n",
+            history.started_ms,
+            utc(history.started_ms)
+        );
+        let _ = std::fs::write(&path, header + &text.join("\n\n") + "\n");
+        run.report.finish();
+        panic!(
+            "{name}: {} violations (all in {}), first ones:\n{}",
+            text.len(),
+            path.display(),
+            text.iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("\n\n")
+        );
     }
+    run.report.finish();
+}
+
+/// Every recorded call, one a line, beside the containers' logs.
+fn save_history(run: &Run, history: &History) {
+    use std::fmt::Write as _;
+    let mut text = format!(
+        "# workload from {} to {} (Unix ms); invoke response worker via key request -> outcome\n",
+        history.started_ms, history.ended_ms
+    );
+    for call in &history.calls {
+        let _ = writeln!(text, "{call}");
+    }
+    let _ = std::fs::write(run.cluster.out_dir().join("history.txt"), text);
+}
+
+/// Unix ms as `YYYY-MM-DDTHH:MM:SS.mmm` (UTC), the form the container logs use.
+fn utc(unix_ms: i64) -> String {
+    let (days, ms) = (
+        unix_ms.div_euclid(86_400_000),
+        unix_ms.rem_euclid(86_400_000),
+    );
+    // Days since 1970-01-01 to a civil date, in 400-year eras of 146,097 days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}",
+        ms / 3_600_000,
+        ms / 60_000 % 60,
+        ms / 1_000 % 60,
+        ms % 1_000
+    )
+}
+
+#[test]
+fn unix_ms_print_as_the_logs_do() {
+    assert_eq!(utc(0), "1970-01-01T00:00:00.000");
+    assert_eq!(utc(1_796_167_178_817), "2026-12-01T23:19:38.817");
+    assert_eq!(utc(951_782_400_000), "2000-02-29T00:00:00.000");
 }

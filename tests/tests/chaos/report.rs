@@ -1,5 +1,8 @@
 //! What a scenario did and measured: printed at the end, and written to `report.txt` (for
-//! people) and `row.md` (its row of the table in docs/reliability.md) in its output folder.
+//! people) and `row.md` (its row of the table in docs/reliability.md) in its output folder:
+//! the operations checked (by kind), failed calls by code, the faults done (the scenario's
+//! steps), the longest stretch without a successful write, election and recovery times, and
+//! what the check cost.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -20,6 +23,8 @@ pub struct Report {
     pub write_recoveries: Vec<Duration>,
     /// The checked history's figures.
     pub summary: Option<Summary>,
+    /// Violations the checker found.
+    pub violations: usize,
 }
 
 fn ms(d: Duration) -> u128 {
@@ -42,6 +47,7 @@ impl Report {
             elections: Vec::new(),
             write_recoveries: Vec::new(),
             summary: None,
+            violations: 0,
         }
     }
 
@@ -72,7 +78,29 @@ impl Report {
             let _ = writeln!(text, "  {:>7.1} s  {what}", at.as_secs_f64());
         }
         if let Some(s) = &self.summary {
-            let _ = writeln!(text, "  history: {s}");
+            let _ = writeln!(
+                text,
+                "  checked: {} operations ({}) on {} keys, {} cached answers apart, {} writes of unknown outcome ({} seen applied); {} violations",
+                s.checked_total(),
+                s.checked_by_kind(),
+                s.keys,
+                s.cached,
+                s.unknown_writes,
+                s.unknown_applied,
+                self.violations
+            );
+            let _ = writeln!(
+                text,
+                "  calls: {} attempts, {} answered; failed: {}",
+                s.calls,
+                s.ok,
+                s.errors_by_code()
+            );
+            let _ = writeln!(
+                text,
+                "  longest write unavailability {} ms; checker {} ms ({} search points)",
+                s.longest_write_unavailable_ms, s.checker_ms, s.search_points
+            );
         }
         let _ = writeln!(
             text,
@@ -85,21 +113,23 @@ impl Report {
         let _ = writeln!(std::io::stderr(), "{text}");
         let _ = std::fs::write(self.out_dir.join("report.txt"), &text);
         if let Some(s) = &self.summary {
-            let errors: Vec<String> = s.errors.iter().map(|(k, n)| format!("{k} {n}")).collect();
+            let faults: Vec<&str> = self.actions.iter().map(|(_, what)| what.as_str()).collect();
+            // | scenario | operations checked | by kind | cached answers | failed calls |
+            // violations | faults done | longest write unavailability (ms) | fault to new
+            // leader, worst (ms) | to a fresh write, worst (ms) | checker (ms) |
             let row = format!(
-                "| `{}` | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 self.name,
-                s.calls,
-                s.ok,
-                if errors.is_empty() {
-                    "none".to_string()
-                } else {
-                    errors.join(", ")
-                },
-                s.longest_unavailable_ms,
+                s.checked_total(),
+                s.checked_by_kind(),
+                s.cached,
+                s.errors_by_code(),
+                self.violations,
+                faults.join("; "),
+                s.longest_write_unavailable_ms,
                 max_ms(&self.elections),
                 max_ms(&self.write_recoveries),
-                s.survivors_checked
+                s.checker_ms
             );
             let _ = std::fs::write(self.out_dir.join("row.md"), row);
         }
