@@ -49,12 +49,12 @@ pub const GRPC_PORT: u16 = 7400;
 pub struct ContainerOptions {
     /// Voters (ids 1..=n).
     pub nodes: usize,
-    /// Raft heartbeat.
-    pub heartbeat: &'static str,
-    /// Raft election timeout (minimum).
-    pub election_timeout: &'static str,
-    /// Sweep interval.
-    pub sweep_interval: &'static str,
+    /// Raft heartbeat; `None`: not passed, `affinityd`'s default.
+    pub heartbeat: Option<&'static str>,
+    /// Raft election timeout (minimum); `None`: not passed, `affinityd`'s default.
+    pub election_timeout: Option<&'static str>,
+    /// Sweep interval; `None`: not passed, `affinityd`'s default.
+    pub sweep_interval: Option<&'static str>,
     /// Log filter of every node.
     pub log_level: &'static str,
     /// How the nodes learn their ids and find each other.
@@ -88,9 +88,10 @@ impl Default for ContainerOptions {
     fn default() -> Self {
         Self {
             nodes: 3,
-            heartbeat: "100ms",
-            election_timeout: "1s",
-            sweep_interval: "500ms",
+            // Production defaults: the chaos tests measure what an operator gets.
+            heartbeat: None,
+            election_timeout: None,
+            sweep_interval: None,
             log_level: "info,openraft=warn",
             layout: Layout::StaticPeers,
         }
@@ -254,22 +255,28 @@ impl ContainerCluster {
             ..Default::default()
         }];
         let (env, cmd, read_only) = match &self.options.layout {
-            Layout::StaticPeers => (
-                vec![
+            Layout::StaticPeers => {
+                let mut env = vec![
                     format!("AFFINITY_NODE_ID={}", i + 1),
                     format!("AFFINITY_ADVERTISE={}:{GRPC_PORT}", peer_name(i)),
                     format!("AFFINITY_PEERS={}", self.peers_flag()),
-                    format!("AFFINITY_RAFT_HEARTBEAT={}", self.options.heartbeat),
-                    format!(
-                        "AFFINITY_RAFT_ELECTION_TIMEOUT={}",
-                        self.options.election_timeout
-                    ),
-                    format!("AFFINITY_SWEEP_INTERVAL={}", self.options.sweep_interval),
                     format!("AFFINITY_LOG_LEVEL={}", self.options.log_level),
-                ],
-                None,
-                false,
-            ),
+                ];
+                let timing = [
+                    ("AFFINITY_RAFT_HEARTBEAT", self.options.heartbeat),
+                    (
+                        "AFFINITY_RAFT_ELECTION_TIMEOUT",
+                        self.options.election_timeout,
+                    ),
+                    ("AFFINITY_SWEEP_INTERVAL", self.options.sweep_interval),
+                ];
+                env.extend(
+                    timing
+                        .into_iter()
+                        .filter_map(|(name, value)| Some(format!("{name}={}", value?))),
+                );
+                (env, None, false)
+            }
             Layout::StatefulSet {
                 args,
                 config,
