@@ -11,6 +11,10 @@
 //! reachable by the test: it can observe, and send writes to, a node on the wrong side of
 //! a partition, as a gateway could.
 //!
+//! The faults live beside this file: `faults.rs` (kill, stop, pause, cut off, restart,
+//! replace) and `net.rs` (latency and one-way loss on a node's incoming peer traffic, with
+//! netfilter in its namespace).
+//!
 //! Each container's output is streamed to `<target>/test-output/chaos/<test>/affinity-i.log`.
 //! Dropping the cluster removes every container, network and volume it made, also when the
 //! test failed (the logs stay, and their folder is printed).
@@ -40,6 +44,9 @@ use tonic_health::pb::health_client::HealthClient;
 use crate::{bins, docker, wait};
 
 mod faults;
+mod net;
+
+pub use net::{NetHealed, network_tools_missing};
 
 /// The gRPC port inside every container.
 pub const GRPC_PORT: u16 = 7400;
@@ -116,6 +123,8 @@ pub struct ContainerCluster {
     options: ContainerOptions,
     nodes: Vec<Node>,
     out_dir: PathBuf,
+    /// Network faults in force (see `net.rs`); healed when the cluster is dropped.
+    net: net::NetFaults,
 }
 
 /// The name of node `i` among its peers: a StatefulSet pod's name.
@@ -150,6 +159,7 @@ impl ContainerCluster {
             nodes: Vec::new(),
             out_dir,
             options,
+            net: net::NetFaults::default(),
         };
         cluster.create_network(&cluster.peers).await;
         for _ in 0..cluster.options.nodes {
@@ -548,6 +558,8 @@ impl ContainerCluster {
 
 impl Drop for ContainerCluster {
     fn drop(&mut self) {
+        // Release held packets and stop the queue readers before the containers go.
+        self.net.heal_all();
         let docker = self.docker.clone();
         let prefix = self.prefix.clone();
         // Drop cannot await, and may run inside a runtime: clean up from a thread of its own.
