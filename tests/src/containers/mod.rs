@@ -12,8 +12,8 @@
 //! a partition, as a gateway could.
 //!
 //! The faults live beside this file: `faults.rs` (kill, stop, pause, cut off, restart,
-//! replace) and `net.rs` (latency and one-way loss on a node's incoming peer traffic, with
-//! netfilter in its namespace).
+//! replace), `net.rs` (latency and one-way loss on a node's incoming peer traffic, with
+//! netfilter in its namespace) and `clock.rs` (a node restarted with a skewed wall clock).
 //!
 //! Each container's output is streamed to `<target>/test-output/chaos/<test>/affinity-i.log`.
 //! Dropping the cluster removes every container, network and volume it made, also when the
@@ -43,9 +43,11 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::{bins, docker, wait};
 
+mod clock;
 mod faults;
 mod net;
 
+pub use clock::LIBFAKETIME;
 pub use net::{NetHealed, network_tools_missing};
 
 /// The gRPC port inside every container.
@@ -113,6 +115,9 @@ struct Node {
     ip: Mutex<Option<IpAddr>>,
     /// Timestamp of the last log line written, so a restarted log stream skips old lines.
     last_log: Arc<Mutex<String>>,
+    /// Environment and mounts added to this node's container when it is (re)created, such
+    /// as a skewed wall clock (see `clock.rs`).
+    extra: Mutex<(Vec<String>, Vec<Mount>)>,
 }
 
 /// A running cluster of `affinityd` containers.
@@ -183,6 +188,7 @@ impl ContainerCluster {
             volume: format!("{prefix}-data-{i}"),
             ip: Mutex::new(None),
             last_log: Arc::new(Mutex::new(String::new())),
+            extra: Mutex::new((Vec::new(), Vec::new())),
         });
         self.create_network(&self.nodes[i].access).await;
         self.docker
@@ -264,7 +270,7 @@ impl ContainerCluster {
             typ: Some(MountType::VOLUME),
             ..Default::default()
         }];
-        let (env, cmd, read_only) = match &self.options.layout {
+        let (mut env, cmd, read_only) = match &self.options.layout {
             Layout::StaticPeers => {
                 let mut env = vec![
                     format!("AFFINITY_NODE_ID={}", i + 1),
@@ -317,6 +323,11 @@ impl ContainerCluster {
                 )
             }
         };
+        {
+            let extra = node.extra.lock();
+            env.extend(extra.0.iter().cloned());
+            mounts.extend(extra.1.iter().cloned());
+        }
         let body = ContainerCreateBody {
             image: Some(docker::IMAGE.to_string()),
             hostname: Some(peer_name(i)),
