@@ -9,8 +9,10 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod probes;
 mod report;
 mod scenarios;
+mod scenarios_leader;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
