@@ -12,6 +12,7 @@
 mod probes;
 mod report;
 mod scenarios;
+mod scenarios_clock;
 mod scenarios_leader;
 
 use std::sync::Arc;
