@@ -2,7 +2,8 @@
 //! stale answers (a lease released on the new leader, asked for at once on the old one);
 //! a read-back of an acknowledged write on a restarted node; finding the first node that
 //! calls itself leader; a findings file written before a scenario asserts; and skipping
-//! loudly when a tool the scenario needs is missing.
+//! loudly when a tool the scenario needs is missing; and a verdict that holds a
+//! scenario's own failures until the common history check and report are done.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -418,4 +419,26 @@ pub fn can_run(name: &str, missing: Option<String>) -> bool {
         docker::REQUIRE_ENV
     );
     false
+}
+
+/// What a scenario's own checks found wrong, kept until the common history check and the
+/// report are done and then asserted, so that a failing probe still leaves every figure.
+#[derive(Default)]
+pub struct Verdict(std::sync::Mutex<Vec<String>>);
+
+impl Verdict {
+    /// Record `failure` (also as a finding, at once) unless `ok`.
+    pub fn expect(&self, run: &mut Run, ok: bool, failure: impl FnOnce() -> String) {
+        if !ok {
+            let failure = failure();
+            note(run, format!("FAILED: {failure}"));
+            self.0.lock().expect("not poisoned").push(failure);
+        }
+    }
+
+    /// Fail the test with everything recorded, if anything was.
+    pub fn assert_clean(&self, name: &str) {
+        let failures = self.0.lock().expect("not poisoned");
+        assert!(failures.is_empty(), "{name}: {}", failures.join("; "));
+    }
 }

@@ -11,7 +11,7 @@ use affinity_proto::pb::affinity_client::AffinityClient as RawClient;
 use affinity_tests::containers::LIBFAKETIME;
 use affinity_tests::{requests, workload};
 
-use crate::probes::{self, Planted, note};
+use crate::probes::{self, Planted, Verdict, note};
 use crate::{Run, scenario};
 
 /// How far store time may move beyond real time at a leader change.
@@ -60,7 +60,7 @@ async fn still_there(
     )
 }
 
-async fn skewed_follower_becomes_leader(run: &mut Run, offset_s: i64) {
+async fn skewed_follower_becomes_leader(run: &mut Run, offset_s: i64, verdict: &Verdict) {
     let old = run.cluster.wait_leader(&run.cluster.all()).await;
     let skewed = (old + 1) % 3;
     let survivors = [skewed, (old + 2) % 3];
@@ -205,35 +205,27 @@ async fn skewed_follower_becomes_leader(run: &mut Run, offset_s: i64) {
 
     let bound_ms = MAX_CLOCK_STEP_MS + SLACK_MS;
     let policy_ms = i64::try_from(NEW_LIFETIME.as_millis()).unwrap_or(0);
-    let mut failures = Vec::new();
-    if low < -bound_ms || high > bound_ms {
-        failures.push(format!(
-            "leases stamped {low}..{high} ms off real time (allowed: {bound_ms} ms)"
-        ));
-    }
-    if longest > policy_ms + bound_ms {
-        failures.push(format!(
+    verdict.expect(run, low >= -bound_ms && high <= bound_ms, || {
+        format!("leases stamped {low}..{high} ms off real time (allowed: {bound_ms} ms)")
+    });
+    verdict.expect(run, longest <= policy_ms + bound_ms, || {
+        format!(
             "a {policy_ms} ms lease lived {longest} ms in real time (allowed: {} ms)",
             policy_ms + bound_ms
-        ));
-    }
+        )
+    });
     let old_policy_ms = i64::try_from(OLD_LIFETIME.as_millis()).unwrap_or(0);
-    if before_lived > old_policy_ms + bound_ms {
-        failures.push(format!(
+    verdict.expect(run, before_lived <= old_policy_ms + bound_ms, || {
+        format!(
             "a {old_policy_ms} ms lease made before the leader change lived {before_lived} ms in real time (allowed: {} ms)",
             old_policy_ms + bound_ms
-        ));
-    }
-    if early_ms > bound_ms {
-        failures.push(format!(
+        )
+    });
+    verdict.expect(run, early_ms <= bound_ms, || {
+        format!(
             "a lease made before the leader change ended {early_ms} ms early (allowed: {bound_ms} ms)"
-        ));
-    }
-    assert!(
-        failures.is_empty(),
-        "store time moved with a {offset_s:+} s clock: {}",
-        failures.join("; ")
-    );
+        )
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -242,10 +234,12 @@ async fn follower_clock_ahead_becomes_leader() {
     if !probes::can_run(name, libfaketime_missing()) {
         return;
     }
+    let verdict = Verdict::default();
     scenario(name, async |run: &mut Run| {
-        skewed_follower_becomes_leader(run, 10).await;
+        skewed_follower_becomes_leader(run, 10, &verdict).await;
     })
     .await;
+    verdict.assert_clean(name);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,8 +248,10 @@ async fn follower_clock_behind_becomes_leader() {
     if !probes::can_run(name, libfaketime_missing()) {
         return;
     }
+    let verdict = Verdict::default();
     scenario(name, async |run: &mut Run| {
-        skewed_follower_becomes_leader(run, -10).await;
+        skewed_follower_becomes_leader(run, -10, &verdict).await;
     })
     .await;
+    verdict.assert_clean(name);
 }

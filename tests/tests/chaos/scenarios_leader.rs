@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use affinity_tests::containers::network_tools_missing;
 use affinity_tests::{requests, wait};
 
-use crate::probes::{self, note};
+use crate::probes::{self, Verdict, note};
 use crate::{Run, scenario};
 
 /// How late the old leader hears its peers.
@@ -38,7 +38,14 @@ async fn one_write(run: &Run, on: usize, ip: &str) -> Duration {
     started.elapsed()
 }
 
-async fn handover_with_a_delayed_old_leader(run: &mut Run, how: Handover) {
+/// Round `round` (from 1): delay the leader's incoming peer traffic, make it hand over,
+/// probe it for stale answers, heal.
+async fn handover_with_a_delayed_old_leader(
+    run: &mut Run,
+    how: Handover,
+    round: usize,
+    verdict: &Verdict,
+) {
     let old = run.cluster.wait_leader(&run.cluster.all()).await;
     let to = (old + 1) % 3;
     let others: Vec<usize> = run
@@ -47,18 +54,24 @@ async fn handover_with_a_delayed_old_leader(run: &mut Run, how: Handover) {
         .into_iter()
         .filter(|n| *n != old)
         .collect();
-    let keys = probes::plant(&run.cluster, old, 0..PLANTED, None).await;
-    let quick = one_write(run, old, "10.99.1.1").await;
+    let keys = probes::plant(
+        &run.cluster,
+        old,
+        (round - 1) * PLANTED..round * PLANTED,
+        None,
+    )
+    .await;
+    let quick = one_write(run, old, &format!("10.99.{round}.1")).await;
     note(
         run,
         format!(
-            "planted {PLANTED} leases through the leader, node {old}; a write takes {} ms",
+            "round {round}: planted {PLANTED} leases through the leader, node {old}; a write takes {} ms",
             quick.as_millis()
         ),
     );
 
     run.cluster.delay_incoming_peer_traffic(old, DELAY).await;
-    let slow = one_write(run, old, "10.99.2.1").await;
+    let slow = one_write(run, old, &format!("10.98.{round}.1")).await;
     note(
         run,
         format!(
@@ -116,12 +129,12 @@ async fn handover_with_a_delayed_old_leader(run: &mut Run, how: Handover) {
     }
     run.writes_resume("after the handover").await;
     note(run, format!("stale-answer probe: {probe}"));
-    assert_eq!(
-        probe.stale(),
-        0,
-        "the old leader, node {old}, answered {} times with a lease already released on the new leader, node {new}: {probe}",
-        probe.stale()
-    );
+    verdict.expect(run, probe.stale() == 0, || {
+        format!(
+            "round {round}: the old leader, node {old}, answered {} times with a lease already released on the new leader, node {new}",
+            probe.stale()
+        )
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,10 +143,17 @@ async fn leader_transfer_with_a_delayed_old_leader() {
     if !probes::can_run(name, network_tools_missing()) {
         return;
     }
+    let verdict = Verdict::default();
     scenario(name, async |run: &mut Run| {
-        handover_with_a_delayed_old_leader(run, Handover::Transfer).await;
+        // Two rounds: whether the old leader still holds its leader lease when the probe
+        // reaches it depends on when its delayed acknowledgements last came in.
+        for round in 1..=2 {
+            handover_with_a_delayed_old_leader(run, Handover::Transfer, round, &verdict).await;
+            run.under_load(100).await;
+        }
     })
     .await;
+    verdict.assert_clean(name);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,16 +162,19 @@ async fn leader_sigterm_with_a_delayed_old_leader() {
     if !probes::can_run(name, network_tools_missing()) {
         return;
     }
+    let verdict = Verdict::default();
     scenario(name, async |run: &mut Run| {
-        handover_with_a_delayed_old_leader(run, Handover::Sigterm).await;
+        handover_with_a_delayed_old_leader(run, Handover::Sigterm, 1, &verdict).await;
     })
     .await;
+    verdict.assert_clean(name);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_sigkill_and_immediate_restart_five_times() {
-    scenario("leader_kill_restart_x5", async |run: &mut Run| {
-        let mut wrong = Vec::new();
+    let name = "leader_kill_restart_x5";
+    let verdict = Verdict::default();
+    scenario(name, async |run: &mut Run| {
         for round in 1..=5 {
             let leader = run.cluster.wait_leader(&run.cluster.all()).await;
             let before = run.cluster.status(leader).await.expect("the leader's Status");
@@ -194,20 +217,17 @@ async fn leader_sigkill_and_immediate_restart_five_times() {
                     settled.term
                 ),
             );
-            if lookups.wrong + resolves.wrong > 0 {
-                wrong.push(format!(
-                    "round {round}: Lookup {lookups}; Resolve {resolves}"
-                ));
-            }
+            verdict.expect(run, lookups.wrong + resolves.wrong == 0, || {
+                format!(
+                    "round {round}: the restarted node {leader} answered without the write acknowledged before its kill"
+                )
+            });
             run.writes_resume("after the restart").await;
             run.under_load(200).await;
         }
-        assert!(
-            wrong.is_empty(),
-            "a restarted node answered without a write acknowledged before its kill: {wrong:?}"
-        );
     })
     .await;
+    verdict.assert_clean(name);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,6 +236,7 @@ async fn lossy_follower_then_deaf_leader() {
     if !probes::can_run(name, network_tools_missing()) {
         return;
     }
+    let verdict = Verdict::default();
     scenario(name, async |run: &mut Run| {
         let old = run.cluster.wait_leader(&run.cluster.all()).await;
         let follower = (old + 1) % 3;
@@ -262,12 +283,13 @@ async fn lossy_follower_then_deaf_leader() {
             ),
         );
         note(run, format!("stale-answer probe: {probe}"));
-        assert_eq!(
-            probe.stale(),
-            0,
-            "the deaf old leader, node {old}, answered {} times with a lease released on the new leader, node {new}: {probe}",
-            probe.stale()
-        );
+        verdict.expect(run, probe.stale() == 0, || {
+            format!(
+                "the deaf old leader, node {old}, answered {} times with a lease released on the new leader, node {new}",
+                probe.stale()
+            )
+        });
     })
     .await;
+    verdict.assert_clean(name);
 }
