@@ -368,11 +368,12 @@ impl ContainerCluster {
 /// Remove node `i`'s fault chain and stop its delay; what they did.
 async fn heal_node(i: usize, node: NodeNet) -> NetHealed {
     let mut healed = NetHealed::default();
-    let mut runs = vec![args(&["-n", "-v", "-x", "-L", CHAIN])];
-    runs.extend(remove_chain_args());
+    // Unhooked first, so no packet moves the counters while they are read.
+    let mut runs = remove_chain_args();
+    runs.insert(1, args(&["-n", "-v", "-x", "-L", CHAIN]));
     match in_netns(&node.netns, runs).await {
         Ok(outputs) => {
-            for line in outputs[0].lines() {
+            for line in outputs[1].lines() {
                 let pkts = line
                     .split_whitespace()
                     .next()

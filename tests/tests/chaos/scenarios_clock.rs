@@ -184,7 +184,7 @@ async fn skewed_follower_becomes_leader(run: &mut Run, offset_s: i64, verdict: &
     note(
         run,
         format!(
-            "the old leader's {} s lease lived {before_lived} ms in real time, ending {} ms {} its stated end; the skewed leader's {} s leases lived up to {longest} ms in real time, ending {}..{} ms after their stated ends",
+            "the old leader's {} s lease lived {before_lived} ms in real time, ending {} ms {} its stated end; the skewed leader's {} s leases lived up to {longest} ms in real time, ending {}..{} ms from their stated ends (negative: before)",
             OLD_LIFETIME.as_secs(),
             early_ms.abs(),
             if early_ms >= 0 { "before" } else { "after" },
