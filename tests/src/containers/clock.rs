@@ -46,9 +46,16 @@ impl ContainerCluster {
     }
 
     async fn recreate_with(&self, i: usize, env: Vec<String>, mounts: Vec<Mount>) {
+        let before = self.addr(i);
         self.stop(i).await;
         *self.nodes[i].extra.lock() = (env, mounts);
         self.replace(i, false).await;
+        // The workload's clients know each node by its first address.
+        assert_eq!(
+            self.addr(i),
+            before,
+            "node {i} came back at another address; clients would lose it"
+        );
         self.wait_ready(i).await;
     }
 }
