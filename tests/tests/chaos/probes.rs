@@ -117,6 +117,8 @@ pub struct Answers {
     pub wrong: usize,
     /// Errors, by code.
     pub errors: BTreeMap<String, usize>,
+    /// What the first wrong answer was, and when.
+    pub first_wrong: Option<String>,
 }
 
 impl Answers {
@@ -126,6 +128,17 @@ impl Answers {
             .entry(format!("{:?}", status.code()))
             .or_default() += 1;
     }
+
+    fn wrong(&mut self, answered: Option<&pb::Lease>, at: Duration) {
+        self.wrong += 1;
+        if self.first_wrong.is_none() {
+            let what = answered.map_or_else(
+                || "no lease".to_string(),
+                |l| format!("lease {} created at {}", l.endpoint, l.created_at_ms),
+            );
+            self.first_wrong = Some(format!("{what}, {} ms into the probe", at.as_millis()));
+        }
+    }
 }
 
 impl fmt::Display for Answers {
@@ -133,6 +146,9 @@ impl fmt::Display for Answers {
         write!(f, "{} right, {} wrong", self.right, self.wrong)?;
         for (code, n) in &self.errors {
             write!(f, ", {code} {n}")?;
+        }
+        if let Some(first) = &self.first_wrong {
+            write!(f, " (first wrong: {first})")?;
         }
         Ok(())
     }
@@ -318,7 +334,7 @@ pub async fn read_back(
         .await;
         match read {
             Ok(r) if r.lease.as_ref().is_some_and(|l| key.is(l)) => lookups.right += 1,
-            Ok(_) => lookups.wrong += 1,
+            Ok(r) => lookups.wrong(r.lease.as_ref(), started.elapsed()),
             Err(s) => lookups.error(&s),
         }
         let resolved = within(
@@ -331,7 +347,7 @@ pub async fn read_back(
         .await;
         match resolved {
             Ok(r) if r.lease.as_ref().is_some_and(|l| key.is(l)) => resolves.right += 1,
-            Ok(_) => resolves.wrong += 1,
+            Ok(r) => resolves.wrong(r.lease.as_ref(), started.elapsed()),
             Err(s) => resolves.error(&s),
         }
     }
