@@ -18,8 +18,12 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v git >/dev/null 2>&1 || need+=(git)
 # The example gateway links Pingora, whose zlib (libz-ng-sys) builds with cmake.
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
-# The clock-step test runs a node under libfaketime.
+# The clock-step test runs a node under libfaketime, and the chaos clock scenarios mount it
+# into a node's container.
 [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ] || need+=(faketime)
+# The chaos network faults (latency through NFQUEUE, one-way loss) run the host's iptables
+# inside a node's network namespace.
+command -v iptables >/dev/null 2>&1 || [ -x /usr/sbin/iptables ] || need+=(iptables)
 
 if [ ${#need[@]} -gt 0 ]; then
   if ! command -v apt-get >/dev/null 2>&1; then

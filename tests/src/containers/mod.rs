@@ -11,6 +11,10 @@
 //! reachable by the test: it can observe, and send writes to, a node on the wrong side of
 //! a partition, as a gateway could.
 //!
+//! The faults live beside this file: `faults.rs` (kill, stop, pause, cut off, restart,
+//! replace), `net.rs` (latency and one-way loss on a node's incoming peer traffic, with
+//! netfilter in its namespace) and `clock.rs` (a node restarted with a skewed wall clock).
+//!
 //! Each container's output is streamed to `<target>/test-output/chaos/<test>/affinity-i.log`.
 //! Dropping the cluster removes every container, network and volume it made, also when the
 //! test failed (the logs stay, and their folder is printed).
@@ -39,7 +43,12 @@ use tonic_health::pb::health_client::HealthClient;
 
 use crate::{bins, docker, wait};
 
+mod clock;
 mod faults;
+mod net;
+
+pub use clock::LIBFAKETIME;
+pub use net::{NetHealed, network_tools_missing};
 
 /// The gRPC port inside every container.
 pub const GRPC_PORT: u16 = 7400;
@@ -49,12 +58,12 @@ pub const GRPC_PORT: u16 = 7400;
 pub struct ContainerOptions {
     /// Voters (ids 1..=n).
     pub nodes: usize,
-    /// Raft heartbeat.
-    pub heartbeat: &'static str,
-    /// Raft election timeout (minimum).
-    pub election_timeout: &'static str,
-    /// Sweep interval.
-    pub sweep_interval: &'static str,
+    /// Raft heartbeat; `None`: not passed, `affinityd`'s default.
+    pub heartbeat: Option<&'static str>,
+    /// Raft election timeout (minimum); `None`: not passed, `affinityd`'s default.
+    pub election_timeout: Option<&'static str>,
+    /// Sweep interval; `None`: not passed, `affinityd`'s default.
+    pub sweep_interval: Option<&'static str>,
     /// Log filter of every node.
     pub log_level: &'static str,
     /// How the nodes learn their ids and find each other.
@@ -88,9 +97,10 @@ impl Default for ContainerOptions {
     fn default() -> Self {
         Self {
             nodes: 3,
-            heartbeat: "100ms",
-            election_timeout: "1s",
-            sweep_interval: "500ms",
+            // Production defaults: the chaos tests measure what an operator gets.
+            heartbeat: None,
+            election_timeout: None,
+            sweep_interval: None,
             log_level: "info,openraft=warn",
             layout: Layout::StaticPeers,
         }
@@ -105,6 +115,9 @@ struct Node {
     ip: Mutex<Option<IpAddr>>,
     /// Timestamp of the last log line written, so a restarted log stream skips old lines.
     last_log: Arc<Mutex<String>>,
+    /// Environment and mounts added to this node's container when it is (re)created, such
+    /// as a skewed wall clock (see `clock.rs`).
+    extra: Mutex<(Vec<String>, Vec<Mount>)>,
 }
 
 /// A running cluster of `affinityd` containers.
@@ -115,6 +128,8 @@ pub struct ContainerCluster {
     options: ContainerOptions,
     nodes: Vec<Node>,
     out_dir: PathBuf,
+    /// Network faults in force (see `net.rs`); healed when the cluster is dropped.
+    net: net::NetFaults,
 }
 
 /// The name of node `i` among its peers: a StatefulSet pod's name.
@@ -149,6 +164,7 @@ impl ContainerCluster {
             nodes: Vec::new(),
             out_dir,
             options,
+            net: net::NetFaults::default(),
         };
         cluster.create_network(&cluster.peers).await;
         for _ in 0..cluster.options.nodes {
@@ -172,6 +188,7 @@ impl ContainerCluster {
             volume: format!("{prefix}-data-{i}"),
             ip: Mutex::new(None),
             last_log: Arc::new(Mutex::new(String::new())),
+            extra: Mutex::new((Vec::new(), Vec::new())),
         });
         self.create_network(&self.nodes[i].access).await;
         self.docker
@@ -253,23 +270,29 @@ impl ContainerCluster {
             typ: Some(MountType::VOLUME),
             ..Default::default()
         }];
-        let (env, cmd, read_only) = match &self.options.layout {
-            Layout::StaticPeers => (
-                vec![
+        let (mut env, cmd, read_only) = match &self.options.layout {
+            Layout::StaticPeers => {
+                let mut env = vec![
                     format!("AFFINITY_NODE_ID={}", i + 1),
                     format!("AFFINITY_ADVERTISE={}:{GRPC_PORT}", peer_name(i)),
                     format!("AFFINITY_PEERS={}", self.peers_flag()),
-                    format!("AFFINITY_RAFT_HEARTBEAT={}", self.options.heartbeat),
-                    format!(
-                        "AFFINITY_RAFT_ELECTION_TIMEOUT={}",
-                        self.options.election_timeout
-                    ),
-                    format!("AFFINITY_SWEEP_INTERVAL={}", self.options.sweep_interval),
                     format!("AFFINITY_LOG_LEVEL={}", self.options.log_level),
-                ],
-                None,
-                false,
-            ),
+                ];
+                let timing = [
+                    ("AFFINITY_RAFT_HEARTBEAT", self.options.heartbeat),
+                    (
+                        "AFFINITY_RAFT_ELECTION_TIMEOUT",
+                        self.options.election_timeout,
+                    ),
+                    ("AFFINITY_SWEEP_INTERVAL", self.options.sweep_interval),
+                ];
+                env.extend(
+                    timing
+                        .into_iter()
+                        .filter_map(|(name, value)| Some(format!("{name}={}", value?))),
+                );
+                (env, None, false)
+            }
             Layout::StatefulSet {
                 args,
                 config,
@@ -300,6 +323,11 @@ impl ContainerCluster {
                 )
             }
         };
+        {
+            let extra = node.extra.lock();
+            env.extend(extra.0.iter().cloned());
+            mounts.extend(extra.1.iter().cloned());
+        }
         let body = ContainerCreateBody {
             image: Some(docker::IMAGE.to_string()),
             hostname: Some(peer_name(i)),
@@ -541,6 +569,8 @@ impl ContainerCluster {
 
 impl Drop for ContainerCluster {
     fn drop(&mut self) {
+        // Release held packets and stop the queue readers before the containers go.
+        self.net.heal_all();
         let docker = self.docker.clone();
         let prefix = self.prefix.clone();
         // Drop cannot await, and may run inside a runtime: clean up from a thread of its own.

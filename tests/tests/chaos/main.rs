@@ -11,8 +11,11 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod probes;
 mod report;
 mod scenarios;
+mod scenarios_clock;
+mod scenarios_leader;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
