@@ -23,8 +23,18 @@ use crate::bins;
 
 /// Set to `1` to turn "Docker is absent" from a skip into a failure.
 pub const REQUIRE_ENV: &str = "AFFINITY_REQUIRE_DOCKER";
-/// The image the container tests run.
-pub const IMAGE: &str = "affinity:dev";
+/// The image the container tests run: `affinity:test-<n>`, `<n>` named after the folder of
+/// the binaries under test, so that test runs of two checkouts on one machine never start
+/// each other's binaries (each rebuilds its own tag, which stays one image per checkout).
+pub fn image() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        bins::dir().hash(&mut hasher);
+        format!("affinity:test-{:012x}", hasher.finish() & 0xffff_ffff_ffff)
+    })
+}
 /// Label on everything a test creates: the run's prefix.
 pub const LABEL: &str = "org.affinity.test";
 /// Label with the test process's pid, to find what a killed test run left behind.
@@ -119,7 +129,7 @@ fn server_api_version(socket: &Path) -> Result<ClientVersion, String> {
     })
 }
 
-/// Build (or reuse, when current) the `affinity:dev` image from the binaries this test run
+/// Build (or reuse, when current) the test image ([`image`]) from the binaries this test run
 /// built, with `deploy/build-image.sh`. Once per test process.
 pub fn ensure_image() {
     static BUILT: OnceLock<()> = OnceLock::new();
@@ -129,7 +139,7 @@ pub fn ensure_image() {
         let output = Command::new(&script)
             .arg("--binary-dir")
             .arg(dir)
-            .args(["--tag", IMAGE])
+            .args(["--tag", image()])
             .output()
             .expect("deploy/build-image.sh runs");
         assert!(

@@ -329,7 +329,7 @@ impl ContainerCluster {
             mounts.extend(extra.1.iter().cloned());
         }
         let body = ContainerCreateBody {
-            image: Some(docker::IMAGE.to_string()),
+            image: Some(docker::image().to_string()),
             hostname: Some(peer_name(i)),
             env: Some(env),
             cmd,
