@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::workload::history::{Answer, History, Outcome};
+use crate::workload::history::{Answer, History, Outcome, Via};
 
 /// Figures of a checked history.
 #[derive(Debug, Clone, Default)]
@@ -15,6 +15,10 @@ pub struct Summary {
     pub ok: usize,
     /// Failed attempts by code.
     pub errors: BTreeMap<String, usize>,
+    /// Of those, the calls of client-crate workers, which pick nodes and retry within their
+    /// deadline as a gateway would (a raw worker's call to a node that is down fails
+    /// whatever the store does).
+    pub client_errors: BTreeMap<String, usize>,
     /// Answered operations checked for linearizability, by kind (the final List's reads
     /// under `List`).
     pub checked: BTreeMap<&'static str, usize>,
@@ -61,25 +65,35 @@ impl Summary {
 
     /// "UNAVAILABLE 12, TIMEOUT 3", or "none".
     pub fn errors_by_code(&self) -> String {
-        if self.errors.is_empty() {
-            return "none".to_string();
-        }
-        self.errors
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        by_code(&self.errors)
     }
+
+    /// The same for the client crate's calls alone.
+    pub fn client_errors_by_code(&self) -> String {
+        by_code(&self.client_errors)
+    }
+}
+
+fn by_code(errors: &BTreeMap<String, usize>) -> String {
+    if errors.is_empty() {
+        return "none".to_string();
+    }
+    errors
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} attempts, {} answered, failed: {}; {} operations checked on {} keys ({}), {} writes of unknown outcome ({} seen applied), {} retried under one id, {} unknown reads dropped, {} refused, {} cached answers checked apart, {} leases in the final List; longest write unavailability {} ms; checker {} ms ({} search points)",
+            "{} attempts, {} answered, failed: {} (client crate: {}); {} operations checked on {} keys ({}), {} writes of unknown outcome ({} seen applied), {} retried under one id, {} unknown reads dropped, {} refused, {} cached answers checked apart, {} leases in the final List; longest write unavailability {} ms; checker {} ms ({} search points)",
             self.calls,
             self.ok,
             self.errors_by_code(),
+            self.client_errors_by_code(),
             self.checked_total(),
             self.keys,
             self.checked_by_kind(),
@@ -111,7 +125,12 @@ pub(crate) fn count_calls(history: &History, summary: &mut Summary) {
                     writes.push(call.response_ms);
                 }
             }
-            Outcome::Err { code, .. } => *summary.errors.entry(code.clone()).or_default() += 1,
+            Outcome::Err { code, .. } => {
+                *summary.errors.entry(code.clone()).or_default() += 1;
+                if matches!(call.via, Via::Client { .. }) {
+                    *summary.client_errors.entry(code.clone()).or_default() += 1;
+                }
+            }
         }
     }
     writes.sort_unstable();

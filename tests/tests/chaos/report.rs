@@ -91,10 +91,11 @@ impl Report {
             );
             let _ = writeln!(
                 text,
-                "  calls: {} attempts, {} answered; failed: {}",
+                "  calls: {} attempts, {} answered; failed: {} (of the client crate's, which retry: {})",
                 s.calls,
                 s.ok,
-                s.errors_by_code()
+                s.errors_by_code(),
+                s.client_errors_by_code()
             );
             let _ = writeln!(
                 text,
@@ -115,15 +116,17 @@ impl Report {
         if let Some(s) = &self.summary {
             let faults: Vec<&str> = self.actions.iter().map(|(_, what)| what.as_str()).collect();
             // | scenario | operations checked | by kind | cached answers | failed calls |
-            // violations | faults done | longest write unavailability (ms) | fault to new
-            // leader, worst (ms) | to a fresh write, worst (ms) | checker (ms) |
+            // of them the client crate's | violations | faults done | longest write
+            // unavailability (ms) | fault to new leader, worst (ms) | to a fresh write,
+            // worst (ms) | checker (ms) |
             let row = format!(
-                "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| `{}` | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 self.name,
                 s.checked_total(),
                 s.checked_by_kind(),
                 s.cached,
                 s.errors_by_code(),
+                s.client_errors_by_code(),
                 self.violations,
                 faults.join("; "),
                 s.longest_write_unavailable_ms,
