@@ -11,9 +11,19 @@
 //! An entry is served until `min(expires_at, last_used + idle) - skew_margin`: with absolute
 //! expiry a cached decision is exact until then. Updates carry the store's revision, so an
 //! older answer never overwrites a newer one.
+//!
+//! Removals are remembered too, so an answer older than a removal never brings the lease
+//! back into an empty slot (a `Resolve` answered before a release and received after the
+//! release's `Watch` event). A removal is kept as long as an answer sent before it can still
+//! arrive (the client's request timeout and a margin), at most [`MAX_REMOVALS`] of them;
+//! past that bound the oldest goes and its revision becomes a floor: for the same time no
+//! lease at or below it is put into an empty slot. The bound costs misses, never a stale
+//! answer. Clearing the cache (after a gap in the changes) starts a new epoch, and answers
+//! to requests sent in an earlier one are not cached.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use affinity_proto::{ClientKey, pb};
 use foldhash::fast::FixedState;
@@ -62,15 +72,34 @@ impl Entry {
     }
 }
 
+/// Removals remembered at most; see the module docs.
+pub(crate) const MAX_REMOVALS: usize = 65_536;
+
+/// What the write lock guards besides `entries`.
+struct Writes {
+    /// Every cached key by the time it stops being served; the same keys as `entries`.
+    index: BTreeSet<(i64, Key)>,
+    /// Keys removed by the store, with the revision of the removal.
+    removed: HashMap<Key, u64, FixedState>,
+    /// The same removals, oldest first, with the time each is forgotten (ms).
+    removed_order: VecDeque<(i64, Key, u64)>,
+    /// Until `floor_until_ms`, no lease at or below this revision goes into an empty slot.
+    floor: u64,
+    floor_until_ms: i64,
+}
+
 /// The cache of one client.
 pub(crate) struct LeaseCache {
     /// Scope name -> id; ids are never reused, so a key never changes meaning.
     scopes: HashIndex<Arc<str>, u32, FixedState>,
     entries: HashIndex<Key, Entry, FixedState>,
-    /// Every cached key by the time it stops being served. Held while writing `entries`,
-    /// so the two always hold the same keys.
-    writes: Mutex<BTreeSet<(i64, Key)>>,
+    /// Held while writing `entries`.
+    writes: Mutex<Writes>,
     capacity: usize,
+    /// How long a removal is remembered (ms).
+    removal_ms: i64,
+    /// Bumped by `clear`.
+    epoch: AtomicU64,
 }
 
 fn hasher() -> FixedState {
@@ -78,13 +107,27 @@ fn hasher() -> FixedState {
 }
 
 impl LeaseCache {
-    pub fn new(capacity: usize) -> Self {
+    /// A cache of `capacity` leases that remembers removals for `removal_ms`.
+    pub fn new(capacity: usize, removal_ms: i64) -> Self {
         Self {
             scopes: HashIndex::with_hasher(hasher()),
             entries: HashIndex::with_capacity_and_hasher(capacity.min(1 << 20), hasher()),
-            writes: Mutex::new(BTreeSet::new()),
+            writes: Mutex::new(Writes {
+                index: BTreeSet::new(),
+                removed: HashMap::with_hasher(hasher()),
+                removed_order: VecDeque::new(),
+                floor: 0,
+                floor_until_ms: i64::MIN,
+            }),
             capacity,
+            removal_ms,
+            epoch: AtomicU64::new(0),
         }
+    }
+
+    /// The current epoch; an answer to a request sent in an earlier one is not cached.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// The cached entry for `(scope, key)`, read in place.
@@ -128,18 +171,42 @@ impl LeaseCache {
         Some(Key { scope, key })
     }
 
-    /// Whether this client has ever cached anything in `scope`.
+    /// Whether this client has ever cached anything in `scope`, or asked about it.
     pub fn knows_scope(&self, scope: &str) -> bool {
         self.scopes.contains(scope)
     }
 
-    /// Cache a lease unless a newer revision of the same key is cached. Over capacity, the
-    /// entries closest to their end go first.
+    /// Mark `scope` as used before asking the store about it, so that a removal in it
+    /// that arrives before the answer is remembered.
+    pub fn know_scope(&self, scope: &str) {
+        if !self.scopes.contains(scope) {
+            let _writes = self.writes.lock();
+            self.intern(scope);
+        }
+    }
+
+    /// Cache a lease unless a newer revision of the same key is cached, or the store
+    /// removed the key at a later revision. Over capacity, the entries closest to their end
+    /// go first.
     pub fn put(&self, scope: &str, key: ClientKey, entry: Entry, now_ms: i64) {
+        self.put_in(None, scope, key, entry, now_ms);
+    }
+
+    /// `put`, for the answer to a request sent in `epoch`: nothing if the cache was cleared
+    /// since.
+    pub fn put_answer(&self, epoch: u64, scope: &str, key: ClientKey, entry: Entry, now_ms: i64) {
+        self.put_in(Some(epoch), scope, key, entry, now_ms);
+    }
+
+    fn put_in(&self, epoch: Option<u64>, scope: &str, key: ClientKey, entry: Entry, now_ms: i64) {
         if entry.valid_until_ms <= now_ms || self.capacity == 0 {
             return;
         }
-        let mut index = self.writes.lock();
+        let mut w = self.writes.lock();
+        if epoch.is_some_and(|e| e != self.epoch()) {
+            return;
+        }
+        Self::forget_old_removals(&mut w, now_ms);
         let key = Key {
             scope: self.intern(scope),
             key,
@@ -149,45 +216,87 @@ impl LeaseCache {
                 if old.get().revision > entry.revision {
                     return;
                 }
-                index.remove(&(old.get().valid_until_ms, key));
-                index.insert((entry.valid_until_ms, key));
+                w.index.remove(&(old.get().valid_until_ms, key));
+                w.index.insert((entry.valid_until_ms, key));
                 old.update(entry);
             }
             scc::hash_index::Entry::Vacant(slot) => {
-                index.insert((entry.valid_until_ms, key));
+                let removed_after = w.removed.get(&key).is_some_and(|r| *r >= entry.revision);
+                let below_floor = entry.revision <= w.floor && now_ms < w.floor_until_ms;
+                if removed_after || below_floor {
+                    return;
+                }
+                w.index.insert((entry.valid_until_ms, key));
                 slot.insert_entry(entry);
             }
         }
-        self.drop_ended(&mut index, now_ms);
-        while index.len() > self.capacity {
-            let Some((_, victim)) = index.pop_first() else {
+        self.drop_ended(&mut w.index, now_ms);
+        while w.index.len() > self.capacity {
+            let Some((_, victim)) = w.index.pop_first() else {
                 break;
             };
             self.entries.remove_sync(&victim);
         }
     }
 
-    /// Forget a lease, unless what is cached is newer than `revision`.
-    pub fn forget(&self, scope: &str, key: ClientKey, revision: u64) {
+    /// The store removed a lease at `revision`: drop what is cached unless it is newer,
+    /// and remember the removal.
+    pub fn forget(&self, scope: &str, key: ClientKey, revision: u64, now_ms: i64) {
         let Some(key) = self.existing(scope, key) else {
+            // Never asked about: nothing cached, and no answer in flight to refuse.
             return;
         };
-        let mut index = self.writes.lock();
+        let mut w = self.writes.lock();
         let old = self
             .entries
             .peek_with(&key, |_, e| (e.revision, e.valid_until_ms));
-        if let Some((old_revision, valid_until_ms)) = old
-            && old_revision <= revision
-        {
-            index.remove(&(valid_until_ms, key));
-            self.entries.remove_sync(&key);
+        match old {
+            Some((old_revision, _)) if old_revision > revision => return,
+            Some((_, valid_until_ms)) => {
+                w.index.remove(&(valid_until_ms, key));
+                self.entries.remove_sync(&key);
+            }
+            None => {}
+        }
+        Self::forget_old_removals(&mut w, now_ms);
+        let known = w.removed.entry(key).or_insert(revision);
+        *known = (*known).max(revision);
+        w.removed_order
+            .push_back((now_ms.saturating_add(self.removal_ms), key, revision));
+        while w.removed_order.len() > MAX_REMOVALS {
+            let Some((_, old_key, old_revision)) = w.removed_order.pop_front() else {
+                break;
+            };
+            Self::unremember(&mut w, old_key, old_revision);
+            w.floor = w.floor.max(old_revision);
+            w.floor_until_ms = now_ms.saturating_add(self.removal_ms);
         }
     }
 
-    /// Drop every entry that is no longer served.
+    /// Drop the removals no answer can be older than any more.
+    fn forget_old_removals(w: &mut Writes, now_ms: i64) {
+        while w
+            .removed_order
+            .front()
+            .is_some_and(|(until, _, _)| *until <= now_ms)
+        {
+            if let Some((_, key, revision)) = w.removed_order.pop_front() {
+                Self::unremember(w, key, revision);
+            }
+        }
+    }
+
+    fn unremember(w: &mut Writes, key: Key, revision: u64) {
+        if w.removed.get(&key) == Some(&revision) {
+            w.removed.remove(&key);
+        }
+    }
+
+    /// Drop every entry that is no longer served, and removals past their time.
     pub fn sweep(&self, now_ms: i64) {
-        let mut index = self.writes.lock();
-        self.drop_ended(&mut index, now_ms);
+        let mut w = self.writes.lock();
+        self.drop_ended(&mut w.index, now_ms);
+        Self::forget_old_removals(&mut w, now_ms);
     }
 
     fn drop_ended(&self, index: &mut BTreeSet<(i64, Key)>, now_ms: i64) {
@@ -198,16 +307,24 @@ impl LeaseCache {
         }
     }
 
-    /// Forget everything (after missing changes, e.g. while the watch was down).
+    /// Forget everything (after missing changes, e.g. while the watch was down), and
+    /// refuse answers to requests sent before.
     pub fn clear(&self) {
-        let mut index = self.writes.lock();
-        index.clear();
+        let mut w = self.writes.lock();
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        w.index.clear();
         self.entries.clear_sync();
     }
 
     /// Entries held.
     pub fn len(&self) -> usize {
-        self.writes.lock().len()
+        self.writes.lock().index.len()
+    }
+
+    /// Removals remembered.
+    #[cfg(test)]
+    fn removals(&self) -> usize {
+        self.writes.lock().removed.len()
     }
 }
 
@@ -230,7 +347,7 @@ mod tests {
 
     #[test]
     fn serves_until_valid_until_and_not_after() {
-        let cache = LeaseCache::new(10);
+        let cache = LeaseCache::new(10, 2_000);
         cache.put("s", key("10.0.0.0/24"), entry("a:1", 5_000, 1), 0);
         assert_eq!(
             cache.endpoint("s", key("10.0.0.0/24"), 4_999).unwrap(),
@@ -243,20 +360,20 @@ mod tests {
 
     #[test]
     fn older_revisions_never_overwrite_newer_ones() {
-        let cache = LeaseCache::new(10);
+        let cache = LeaseCache::new(10, 2_000);
         cache.put("s", key("10.0.0.0/24"), entry("b:1", 5_000, 7), 0);
         cache.put("s", key("10.0.0.0/24"), entry("a:1", 9_000, 3), 0);
         assert_eq!(cache.endpoint("s", key("10.0.0.0/24"), 0).unwrap(), "b:1");
         // A removal of an older revision leaves the newer lease.
-        cache.forget("s", key("10.0.0.0/24"), 3);
+        cache.forget("s", key("10.0.0.0/24"), 3, 0);
         assert!(cache.endpoint("s", key("10.0.0.0/24"), 0).is_some());
-        cache.forget("s", key("10.0.0.0/24"), 7);
+        cache.forget("s", key("10.0.0.0/24"), 7, 0);
         assert!(cache.endpoint("s", key("10.0.0.0/24"), 0).is_none());
     }
 
     #[test]
     fn capacity_is_a_bound_and_the_nearest_ends_go_first() {
-        let cache = LeaseCache::new(3);
+        let cache = LeaseCache::new(3, 2_000);
         for (i, end) in [40_000, 10_000, 30_000, 20_000].into_iter().enumerate() {
             cache.put("s", key(&format!("10.0.{i}.0/24")), entry("a:1", end, 1), 0);
         }
@@ -272,7 +389,7 @@ mod tests {
 
     #[test]
     fn capacity_zero_caches_nothing() {
-        let cache = LeaseCache::new(0);
+        let cache = LeaseCache::new(0, 2_000);
         cache.put("s", key("10.0.0.0/24"), entry("a:1", 5_000, 1), 0);
         assert_eq!(cache.len(), 0);
         assert!(cache.endpoint("s", key("10.0.0.0/24"), 0).is_none());
@@ -293,5 +410,72 @@ mod tests {
         let e = Entry::from_lease(&lease, 1_000).unwrap();
         assert_eq!(e.valid_until_ms, 14_000);
         assert_eq!(e.expires_at_ms, 100_000);
+    }
+
+    #[test]
+    fn an_answer_older_than_a_removal_never_fills_the_empty_slot() {
+        let cache = LeaseCache::new(10, 2_000);
+        let k = key("10.0.0.0/24");
+        cache.put("s", k, entry("a:1", 50_000, 5), 0);
+        // Released at revision 8 (the Watch event), then a Resolve answer sent before the
+        // release arrives with the lease of revision 5.
+        cache.forget("s", k, 8, 100);
+        cache.put("s", k, entry("a:1", 50_000, 5), 150);
+        assert!(
+            cache.endpoint("s", k, 200).is_none(),
+            "the released lease came back"
+        );
+        // A lease made after the release is cached.
+        cache.put("s", k, entry("b:1", 50_000, 9), 200);
+        assert_eq!(cache.endpoint("s", k, 250).unwrap(), "b:1");
+    }
+
+    #[test]
+    fn a_removal_before_the_answer_is_remembered_for_a_scope_being_asked_about() {
+        let cache = LeaseCache::new(10, 2_000);
+        let k = key("10.0.0.0/24");
+        // The first request in the scope is in flight; its lease is released meanwhile.
+        cache.know_scope("s");
+        cache.forget("s", k, 8, 100);
+        cache.put("s", k, entry("a:1", 50_000, 5), 150);
+        assert!(cache.endpoint("s", k, 200).is_none());
+        // Once no answer sent before it can arrive, the removal is dropped.
+        cache.sweep(2_100);
+        assert_eq!(cache.removals(), 0);
+    }
+
+    #[test]
+    fn removals_are_bounded_and_the_bound_costs_misses_not_staleness() {
+        let cache = LeaseCache::new(10, 2_000);
+        cache.know_scope("s");
+        for i in 0..=MAX_REMOVALS {
+            let k: ClientKey = format!("{}.{}.{}.0/24", 10 + i / 65_536, (i / 256) % 256, i % 256)
+                .parse()
+                .unwrap();
+            cache.forget("s", k, 100 + i as u64, 0);
+        }
+        assert_eq!(cache.removals(), MAX_REMOVALS);
+        // The first removal (revision 100) was dropped; its revision is now a floor.
+        let first = key("10.0.0.0/24");
+        cache.put("s", first, entry("a:1", 50_000, 99), 10);
+        assert!(cache.endpoint("s", first, 20).is_none());
+        cache.put("s", first, entry("a:1", 50_000, 101), 10);
+        assert!(cache.endpoint("s", first, 20).is_some());
+        // The floor lasts as long as a removal would have.
+        let other = key("12.0.0.0/24");
+        cache.put("s", other, entry("a:1", 50_000, 50), 2_001);
+        assert!(cache.endpoint("s", other, 2_002).is_some());
+    }
+
+    #[test]
+    fn answers_to_requests_sent_before_a_clear_are_not_cached() {
+        let cache = LeaseCache::new(10, 2_000);
+        let k = key("10.0.0.0/24");
+        let epoch = cache.epoch();
+        cache.clear();
+        cache.put_answer(epoch, "s", k, entry("a:1", 50_000, 5), 0);
+        assert!(cache.endpoint("s", k, 0).is_none());
+        cache.put_answer(cache.epoch(), "s", k, entry("a:1", 50_000, 5), 0);
+        assert!(cache.endpoint("s", k, 0).is_some());
     }
 }

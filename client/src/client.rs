@@ -79,6 +79,8 @@ pub struct Builder {
     skew_margin: Duration,
     fail_mode: FailMode,
     watch: bool,
+    watch_timeout: Duration,
+    max_staleness: Duration,
     tls: Option<ClientTls>,
     token: Option<Secret>,
 }
@@ -103,6 +105,8 @@ impl Default for Builder {
             skew_margin: Duration::from_secs(1),
             fail_mode: FailMode::Open,
             watch: true,
+            watch_timeout: Duration::from_secs(3),
+            max_staleness: Duration::from_secs(5),
             tls: None,
             token: None,
         }
@@ -182,12 +186,39 @@ impl Builder {
         self
     }
 
+    /// A `Watch` stream that carries no progress from a node in touch with the leader for
+    /// this long is treated as broken: the client moves to another node and resumes there.
+    /// The store reports progress every 0.5 s. Default 3 s.
+    #[must_use]
+    pub fn watch_timeout(mut self, timeout: Duration) -> Self {
+        self.watch_timeout = timeout;
+        self
+    }
+
+    /// Cached leases are served (by [`AffinityClient::cached`] and the cache path of
+    /// [`AffinityClient::resolve`]) only while the watch stream has had progress from a node
+    /// in touch with the leader within this time; past it `cached()` answers `None` and
+    /// `resolve` asks the store, so a decision the store has changed is never served for
+    /// longer than this. With `watch` off the cache never has progress, so it serves
+    /// nothing unless this is [`Duration::MAX`] (serve every lease until its end, with no
+    /// bound on how stale it may be). Default 5 s.
+    #[must_use]
+    pub fn max_staleness(mut self, staleness: Duration) -> Self {
+        self.max_staleness = staleness;
+        self
+    }
+
     /// Build the client. Connections are opened lazily; with `watch` on (the default) this
     /// must run inside a Tokio runtime, which hosts the watch task.
     pub fn build(self) -> Result<AffinityClient, ClientError> {
         if self.request_timeout.is_zero() {
             return Err(ClientError::Config(
                 "request_timeout must be more than 0".into(),
+            ));
+        }
+        if self.watch_timeout.is_zero() {
+            return Err(ClientError::Config(
+                "watch_timeout must be more than 0".into(),
             ));
         }
         if self.token.is_some() && self.tls.is_none() {
@@ -204,7 +235,7 @@ impl Builder {
         )?;
         let inner = Arc::new(Inner {
             nodes,
-            cache: LeaseCache::new(self.cache_capacity),
+            cache: LeaseCache::new(self.cache_capacity, removal_window_ms(self.request_timeout)),
             skew_ms: i64::try_from(self.skew_margin.as_millis()).unwrap_or(i64::MAX),
             request_timeout: self.request_timeout,
             fail_mode: self.fail_mode,
@@ -213,6 +244,9 @@ impl Builder {
             breaker: Breaker::default(),
             last_warning_ms: AtomicI64::new(i64::MIN),
             watching: AtomicBool::new(false),
+            fresh_ms: AtomicI64::new(i64::MIN),
+            max_staleness_ms: i64::try_from(self.max_staleness.as_millis()).unwrap_or(i64::MAX),
+            watch_timeout: self.watch_timeout,
             stop: CancellationToken::new(),
         });
         if self.watch {
@@ -225,6 +259,13 @@ impl Builder {
         }
         Ok(AffinityClient { inner })
     }
+}
+
+/// How long the cache remembers a removal: longer than any answer it caches can take
+/// (answers slower than this are returned but not cached).
+fn removal_window_ms(request_timeout: Duration) -> i64 {
+    let window = request_timeout.saturating_mul(2) + Duration::from_secs(1);
+    i64::try_from(window.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// What a store `Resolve` answered, shared by callers of one in-flight request.
@@ -248,7 +289,33 @@ pub(crate) struct Inner {
     breaker: Breaker,
     last_warning_ms: AtomicI64,
     pub watching: AtomicBool,
+    /// When the watch last had progress from a node in touch with the leader (Unix ms;
+    /// `i64::MIN` before it has).
+    pub fresh_ms: AtomicI64,
+    max_staleness_ms: i64,
+    pub watch_timeout: Duration,
     stop: CancellationToken,
+}
+
+impl Inner {
+    /// Whether the cache may answer at `now_ms`: progress came within `max_staleness`
+    /// (and not from the future: a wall clock stepped back counts as stale). One load and
+    /// a compare.
+    pub fn fresh(&self, now_ms: i64) -> bool {
+        let age = now_ms.saturating_sub(self.fresh_ms.load(Ordering::Relaxed));
+        (0..=self.max_staleness_ms).contains(&age)
+    }
+
+    /// How long since the last progress, in seconds (for the staleness gauge).
+    pub fn staleness_seconds(&self, now_ms: i64) -> f64 {
+        let fresh = self.fresh_ms.load(Ordering::Relaxed);
+        if fresh == i64::MIN {
+            return f64::INFINITY;
+        }
+        #[allow(clippy::cast_precision_loss)]
+        let seconds = now_ms.saturating_sub(fresh) as f64 / 1000.0;
+        seconds
+    }
 }
 
 impl Drop for Inner {
@@ -301,11 +368,16 @@ impl AffinityClient {
         Builder::default()
     }
 
-    /// The hot path: the cached endpoint for `ip` in `scope`, if a live lease is cached.
-    /// Synchronous, allocation-free and lock-free on a hit.
+    /// The hot path: the cached endpoint for `ip` in `scope`, if a live lease is cached
+    /// and the cache is current (see [`Builder::max_staleness`]). Synchronous,
+    /// allocation-free and lock-free on a hit.
     pub fn cached(&self, scope: &str, ip: IpAddr, policy: &Policy) -> Option<Endpoint> {
+        let now = now_ms();
+        if !self.inner.fresh(now) {
+            return None;
+        }
         let key = policy.key(ip);
-        let hit = self.inner.cache.endpoint(scope, key, now_ms());
+        let hit = self.inner.cache.endpoint(scope, key, now);
         if hit.is_some() {
             count_hit();
         }
@@ -326,6 +398,13 @@ impl AffinityClient {
     /// Whether the watch stream is connected (the cache follows the store's changes).
     pub fn is_watching(&self) -> bool {
         self.inner.watching.load(Ordering::Relaxed)
+    }
+
+    /// Whether the cache is current: the watch stream had progress from a node in touch
+    /// with the leader within `max_staleness`, so `cached()` may answer. A gateway can
+    /// report ready on it.
+    pub fn cache_is_current(&self) -> bool {
+        self.inner.fresh(now_ms())
     }
 
     /// Leases in the cache.
@@ -363,7 +442,8 @@ impl AffinityClient {
             |endpoint: &str| eligible.is_empty() || eligible.iter().any(|e| e == endpoint);
 
         let now = now_ms();
-        if let Some(entry) = self.inner.cache.get(scope, key, now)
+        if self.inner.fresh(now)
+            && let Some(entry) = self.inner.cache.get(scope, key, now)
             && eligible_ok(&entry.endpoint)
         {
             count_hit();
@@ -461,7 +541,10 @@ impl AffinityClient {
         })
     }
 
-    /// One store request per key in flight in this client; later callers join it.
+    /// One store request per key in flight in this client; later callers join it. The
+    /// request runs as a task of its own, so it goes on (and leaves the table when done)
+    /// even if every caller waiting for it is cancelled: a later caller never picks up a
+    /// request that nobody drove, with its deadline long past.
     async fn shared_resolve(
         &self,
         scope: &str,
@@ -477,7 +560,7 @@ impl AffinityClient {
                 let id = self.inner.flight_ids.fetch_add(1, Ordering::Relaxed);
                 let client = self.clone();
                 let own_key = flight_key.clone();
-                let flight = async move {
+                let request = async move {
                     let answer = client.store_resolve(wire).await;
                     let mut inflight = client.inner.inflight.lock();
                     if inflight
@@ -487,8 +570,24 @@ impl AffinityClient {
                         inflight.remove(&own_key);
                     }
                     answer
+                };
+                let flight = match tokio::runtime::Handle::try_current() {
+                    Ok(runtime) => {
+                        let task = runtime.spawn(request);
+                        async move {
+                            task.await.unwrap_or_else(|failed| {
+                                Err(ClientError::Unavailable {
+                                    message: format!(
+                                        "the request to the store ended early: {failed}"
+                                    ),
+                                })
+                            })
+                        }
+                        .boxed()
+                    }
+                    // Outside Tokio (another executor) the callers drive it themselves.
+                    Err(_) => request.boxed(),
                 }
-                .boxed()
                 .shared();
                 inflight.insert(flight_key, (id, flight.clone()));
                 flight
@@ -497,10 +596,14 @@ impl AffinityClient {
         flight.await
     }
 
-    /// Ask the store, and cache its answer.
+    /// Ask the store, and cache its answer (unless the cache learned of a removal or lost
+    /// track of changes meanwhile, or the answer took too long to be sure of either).
     async fn store_resolve(&self, wire: pb::ResolveRequest) -> Result<Answer, ClientError> {
         let scope = wire.scope.clone();
-        let deadline = Instant::now() + self.inner.request_timeout;
+        let sent = Instant::now();
+        self.inner.cache.know_scope(&scope);
+        let epoch = self.inner.cache.epoch();
+        let deadline = sent + self.inner.request_timeout;
         let resp = self
             .inner
             .nodes
@@ -515,11 +618,17 @@ impl AffinityClient {
             code: "INTERNAL".into(),
             message: "the store answered Resolve without a lease".into(),
         })?;
-        if let (Ok(key), Some(entry)) = (
-            lease.prefix.parse::<ClientKey>(),
-            Entry::from_lease(&lease, self.inner.skew_ms),
-        ) {
-            self.inner.cache.put(&scope, key, entry, now_ms());
+        let in_time = i64::try_from(sent.elapsed().as_millis())
+            .is_ok_and(|took| took < removal_window_ms(self.inner.request_timeout));
+        if in_time
+            && let (Ok(key), Some(entry)) = (
+                lease.prefix.parse::<ClientKey>(),
+                Entry::from_lease(&lease, self.inner.skew_ms),
+            )
+        {
+            self.inner
+                .cache
+                .put_answer(epoch, &scope, key, entry, now_ms());
         }
         Ok(Answer {
             lease,

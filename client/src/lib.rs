@@ -7,7 +7,11 @@
 //! - **Hot path**: [`AffinityClient::cached`] answers from a local cache of leases:
 //!   synchronous, lock-free, no allocation on a hit. A lease is exact until its absolute
 //!   expiry, so a cached decision needs no round trip; the store's `Watch` stream updates or
-//!   drops entries as soon as a lease is replaced, released, drained or expired.
+//!   drops entries as soon as a lease is replaced, released, drained or expired, and
+//!   reports the watched node's progress: the cache answers only while a node in touch
+//!   with the leader has reported within `max_staleness` (5 s), so a changed decision is
+//!   never served for long, whatever happened to that node. Removals are remembered, so an
+//!   answer older than a release cannot bring the lease back.
 //! - **Cold path**: [`AffinityClient::resolve`] asks the store on a miss (first writer wins:
 //!   every replica gets the same answer), with the healthy endpoints as `eligible` so a lease
 //!   on a dead backend is replaced. Concurrent misses for one key share one request. Retries
@@ -23,7 +27,8 @@
 //!   store runs; [`gateway`] reads a route rule's `sessionPersistence` block.
 //! - **Metrics** through the [`metrics`] facade (the host chooses the exporter):
 //!   `affinity_client_cache_hits_total`, `_cache_misses_total`, `_fallbacks_total`,
-//!   `_rpc_duration_seconds{rpc}`, `_rpc_errors_total{rpc,code}`, `_watch_reconnects_total`.
+//!   `_rpc_duration_seconds{rpc}`, `_rpc_errors_total{rpc,code}`, `_watch_reconnects_total`,
+//!   `_watch_timeouts_total`, `_cache_staleness_seconds`.
 //!
 //! ## Example
 //!

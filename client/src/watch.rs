@@ -5,13 +5,25 @@
 //! EXPIRED drop it. Revisions keep an older event from undoing a newer answer.
 //!
 //! When the stream breaks it reconnects with backoff and jitter, to the next node, and
-//! resumes from the last revision it accounted for (the store keeps a bounded history of
-//! recent changes, the same revisions on every node): nothing is missed and the cache keeps
-//! serving meanwhile (expiry is honoured either way). Only when the store's history no longer
+//! resumes from the last revision it applied (the store keeps a bounded history of recent
+//! changes, the same revisions on every node): nothing is missed and the cache keeps
+//! serving meanwhile (expiry is honoured either way). The resume point moves only with
+//! events applied, never with what a node says it has published, so a stream that breaks
+//! in the middle of a replay resumes inside it; an event older than the resume point (from
+//! a node that has not caught up) is ignored. Only when the store's history no longer
 //! reaches back that far (OUT_OF_RANGE) is the cache cleared and the stream started afresh.
+//!
+//! The store sends PROGRESS on every stream twice a second: the index the node applied and
+//! whether it is in touch with a leader. Progress from a node in touch with the leader marks
+//! the cache fresh (`Inner::fresh_ms`, which `cached()` checks against `max_staleness`). A
+//! stream with no such progress for `watch_timeout` is following a node that is slow or cut
+//! off from its leader: it is dropped, and the next node takes over from the same resume
+//! point.
+//!
 //! The task ends when the last clone of the client is dropped.
 
 use std::sync::Weak;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use affinity_proto::pb::watch_event::Kind;
@@ -43,9 +55,57 @@ pub(crate) fn apply(inner: &Inner, event: &pb::WatchEvent) {
             }
         }
         Ok(Kind::Released | Kind::Drained | Kind::Expired) => {
-            inner.cache.forget(&lease.scope, key, lease.revision);
+            // The removal's own revision: no answer at or below it may bring the lease back.
+            inner.cache.forget(
+                &lease.scope,
+                key,
+                event.revision.max(lease.revision),
+                now_ms(),
+            );
         }
-        Ok(Kind::Unspecified) | Err(_) => {}
+        Ok(Kind::Progress | Kind::Unspecified) | Err(_) => {}
+    }
+}
+
+/// Where the next stream starts: the revision up to which every change has been applied.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Resume {
+    /// 0 before the first stream (start from now).
+    seen: u64,
+    /// Events below this are older than what the current stream was asked for.
+    floor: u64,
+}
+
+impl Resume {
+    /// The `start_revision` to ask for.
+    pub fn start(self) -> u64 {
+        self.seen
+    }
+
+    /// A stream opened that the node began after `since`. A first stream (from now) has
+    /// everything up to `since` accounted for; a resumed one has only what it applied.
+    pub fn opened(&mut self, since: u64) {
+        self.floor = self.seen;
+        if self.seen == 0 {
+            // From 1 if the store has published nothing yet: replaying all of a short
+            // history is harmless.
+            self.seen = since.max(1);
+        }
+    }
+
+    /// An event arrived: whether to apply it (it is not older than the stream's start),
+    /// moving the resume point past it if so.
+    pub fn arrived(&mut self, revision: u64) -> bool {
+        if revision < self.floor {
+            return false;
+        }
+        self.seen = self.seen.max(revision);
+        true
+    }
+
+    /// The node's history no longer reaches back: start afresh.
+    pub fn restart(&mut self) {
+        *self = Resume::default();
     }
 }
 
@@ -53,8 +113,7 @@ pub(crate) fn apply(inner: &Inner, event: &pb::WatchEvent) {
 pub(crate) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
     let mut backoff = FIRST_BACKOFF;
     let mut node = None;
-    // The revision up to which every change is accounted for; 0 before the first stream.
-    let mut seen: u64 = 0;
+    let mut resume = Resume::default();
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -67,11 +126,11 @@ pub(crate) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
         drop(strong);
         let opened = tokio::select! {
             () = stop.cancelled() => return,
-            opened = client.watch(pb::WatchRequest { scope: String::new(), start_revision: seen }) => opened,
+            opened = client.watch(pb::WatchRequest { scope: String::new(), start_revision: resume.start() }) => opened,
         };
         match opened {
             Ok(response) => {
-                if seen > 0 {
+                if resume.start() > 0 {
                     metrics::counter!("affinity_client_watch_reconnects_total").increment(1);
                 }
                 let since = response
@@ -80,25 +139,34 @@ pub(crate) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.parse::<u64>().ok())
                     .unwrap_or(0);
-                // Resume from at least here next time (from 1 if the store has published
-                // nothing yet: replaying all of a short history is harmless).
-                seen = seen.max(since).max(1);
+                resume.opened(since);
                 let mut stream = response.into_inner();
                 if let Some(strong) = inner.upgrade() {
-                    strong
-                        .watching
-                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                    strong.watching.store(true, Ordering::Relaxed);
                 }
                 backoff = FIRST_BACKOFF;
                 let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+                let watch_timeout = inner.upgrade().map_or(MAX_BACKOFF, |i| i.watch_timeout);
+                let mut silent_until = tokio::time::Instant::now() + watch_timeout;
                 loop {
                     let next = tokio::select! {
                         () = stop.cancelled() => return,
                         _ = sweep.tick() => {
                             // Ended entries are never served; this frees their memory.
                             let Some(strong) = inner.upgrade() else { return };
-                            strong.cache.sweep(now_ms());
+                            let now = now_ms();
+                            strong.cache.sweep(now);
+                            metrics::gauge!("affinity_client_cache_staleness_seconds")
+                                .set(strong.staleness_seconds(now));
                             continue;
+                        }
+                        () = tokio::time::sleep_until(silent_until) => {
+                            metrics::counter!("affinity_client_watch_timeouts_total").increment(1);
+                            tracing::info!(
+                                timeout = ?watch_timeout,
+                                "no progress from a node in touch with the leader on the watch stream; watching another node"
+                            );
+                            break;
                         }
                         next = stream.message() => next,
                     };
@@ -107,8 +175,15 @@ pub(crate) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
                     };
                     match next {
                         Ok(Some(event)) => {
-                            apply(&strong, &event);
-                            seen = seen.max(event.revision);
+                            let current = resume.arrived(event.revision);
+                            if event.kind == i32::from(Kind::Progress) {
+                                if current && event.in_touch_with_leader {
+                                    strong.fresh_ms.store(now_ms(), Ordering::Relaxed);
+                                    silent_until = tokio::time::Instant::now() + watch_timeout;
+                                }
+                            } else if current {
+                                apply(&strong, &event);
+                            }
                         }
                         Ok(None) => break,
                         Err(status) => {
@@ -118,23 +193,28 @@ pub(crate) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
                     }
                 }
                 if let Some(strong) = inner.upgrade() {
-                    strong
-                        .watching
-                        .store(false, std::sync::atomic::Ordering::Relaxed);
+                    strong.watching.store(false, Ordering::Relaxed);
                 }
             }
             Err(status) if status.code() == tonic::Code::OutOfRange => {
                 // The store no longer remembers what we missed: start afresh.
-                tracing::info!(from = seen, "watch history gone; clearing the lease cache");
+                tracing::info!(
+                    from = resume.start(),
+                    "watch history gone; clearing the lease cache"
+                );
                 if let Some(strong) = inner.upgrade() {
                     strong.cache.clear();
                 }
-                seen = 0;
+                resume.restart();
                 continue;
             }
             Err(status) => {
                 tracing::debug!(code = ?status.code(), message = status.message(), "watch could not start");
             }
+        }
+        if let Some(strong) = inner.upgrade() {
+            metrics::gauge!("affinity_client_cache_staleness_seconds")
+                .set(strong.staleness_seconds(now_ms()));
         }
         let pause = backoff.mul_f64(0.5 + fastrand::f64() / 2.0);
         tokio::select! {
@@ -142,5 +222,52 @@ pub(crate) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
             () = tokio::time::sleep(pause) => {}
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Resume;
+
+    #[test]
+    fn a_first_stream_starts_from_what_the_node_had_published() {
+        let mut resume = Resume::default();
+        assert_eq!(resume.start(), 0);
+        resume.opened(40);
+        assert_eq!(resume.start(), 40);
+        assert!(resume.arrived(41));
+        assert_eq!(resume.start(), 41);
+    }
+
+    #[test]
+    fn a_stream_broken_mid_replay_resumes_inside_the_replay() {
+        let mut resume = Resume::default();
+        resume.opened(10);
+        assert!(resume.arrived(12));
+        // The stream broke; the next node will replay from 12 up to its 50,000.
+        resume.opened(50_000);
+        assert_eq!(
+            resume.start(),
+            12,
+            "nothing is marked seen before it arrives"
+        );
+        assert!(resume.arrived(12));
+        assert!(resume.arrived(300));
+        // Broken again after event 300 of the replay.
+        resume.opened(50_000);
+        assert_eq!(resume.start(), 300);
+    }
+
+    #[test]
+    fn events_older_than_the_start_are_ignored() {
+        let mut resume = Resume::default();
+        resume.opened(10);
+        assert!(resume.arrived(20));
+        // Resumed on a node still catching up, that streams older changes live.
+        resume.opened(15);
+        assert!(!resume.arrived(17));
+        assert!(resume.arrived(20), "the resume point itself may come again");
+        assert!(resume.arrived(21));
+        assert_eq!(resume.start(), 21);
     }
 }

@@ -170,6 +170,11 @@ pub struct Node {
     /// How long a quorum's acknowledgement keeps a leader's authority (openraft's leader
     /// lease: the maximum election timeout).
     leader_lease: Duration,
+    /// A follower that heard from its leader within this (the minimum election timeout)
+    /// is in touch with it.
+    in_touch_window: Duration,
+    /// Recent appends heard from the leader, for [`Node::in_touch_with_leader`].
+    contact: Contact,
     /// Groups client writes into log entries.
     batcher: Batcher,
     /// Configured bounds.
@@ -248,6 +253,7 @@ impl Node {
     ) -> Result<Arc<Node>, StartError> {
         let mut raft_config = config.openraft()?;
         let leader_lease = Duration::from_millis(raft_config.election_timeout_max);
+        let in_touch_window = Duration::from_millis(raft_config.election_timeout_min);
         let dir = config.data_dir.clone();
         let options = config.storage.clone();
         let storage = tokio::task::spawn_blocking(move || store::open(&dir, &options))
@@ -308,6 +314,8 @@ impl Node {
             flusher: storage.flusher.clone(),
             proposal_timeout: config.proposal_timeout,
             leader_lease,
+            in_touch_window,
+            contact: Contact::default(),
             batcher,
             limits: config.limits.clone(),
             refusals: Refusals::default(),
@@ -370,13 +378,26 @@ impl Node {
     /// An append from the leader of `vote` announced its store time `store_ms`, heard at
     /// `at`. Kept if it comes from a leader of this node's term or later (an old leader's
     /// late append says nothing about the current store time), and if it is not this node.
-    pub fn hear_leader(&self, vote: &crate::raft::Vote, store_ms: i64, at: std::time::Instant) {
+    ///
+    /// Also remembers the commit index it carried (`commit`): once this node has applied
+    /// that far, its state is current as of `at` ([`Node::in_touch_with_leader`]).
+    pub fn hear_leader(
+        &self,
+        vote: &crate::raft::Vote,
+        commit: Option<u64>,
+        store_ms: i64,
+        at: std::time::Instant,
+    ) {
         let term = vote.leader_id.term;
-        if store_ms == 0 || vote.leader_id.voted_for == self.id {
+        if vote.leader_id.voted_for == self.id {
             return;
         }
         if term >= self.raft.metrics().borrow_watched().current_term {
-            self.stamps.time.clock.hear(term, store_ms, at);
+            if store_ms != 0 {
+                self.stamps.time.clock.hear(term, store_ms, at);
+            }
+            self.contact
+                .heard(term, commit.unwrap_or(0), at, self.in_touch_window);
         }
     }
 
@@ -650,6 +671,34 @@ impl Node {
             .as_ref()
             .is_some_and(|acked| acked.elapsed() < margin);
         applied_this_term && fresh
+    }
+
+    /// Whether this node is in touch with a leader of its current term: it leads, has not
+    /// begun a handoff and a quorum acknowledged it within the leader lease; or it follows
+    /// and has applied what its leader had committed when it sent an append this node
+    /// heard within the minimum election timeout (heartbeats come every heartbeat
+    /// interval): its state is current as of then. What `Watch` progress reports.
+    pub fn in_touch_with_leader(&self) -> bool {
+        let (state, term, leader, acked) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow_watched();
+            (
+                m.state,
+                m.current_term,
+                m.current_leader,
+                m.last_quorum_acked.as_ref().map(|a| a.elapsed()),
+            )
+        };
+        match state {
+            ServerState::Leader => {
+                !self.handoff.began_in(term) && acked.is_some_and(|a| a < self.leader_lease)
+            }
+            _ if leader.is_some() && leader != Some(self.id) => self
+                .contact
+                .current_as_of(term, self.state.applied_revision())
+                .is_some_and(|at| at.elapsed() < self.in_touch_window),
+            _ => false,
+        }
     }
 
     /// Like [`Node::linearize`], without a network round when it can: while the leader's
@@ -940,5 +989,37 @@ impl Node {
         // the database.
         let flusher = self.flusher.clone();
         let _ = tokio::task::spawn_blocking(move || flusher.close()).await;
+    }
+}
+
+/// The appends a follower heard lately: when, in which term, and the commit index each
+/// carried, newest last; those older than the in-touch window are dropped.
+#[derive(Default)]
+struct Contact(parking_lot::Mutex<std::collections::VecDeque<(u64, u64, std::time::Instant)>>);
+
+impl Contact {
+    /// At most this many appends are remembered (many arrive per heartbeat under load).
+    const MAX: usize = 1024;
+
+    fn heard(&self, term: u64, commit: u64, at: std::time::Instant, window: Duration) {
+        let mut heard = self.0.lock();
+        while heard
+            .front()
+            .is_some_and(|(_, _, t)| at.saturating_duration_since(*t) >= window)
+            || heard.len() >= Self::MAX
+        {
+            heard.pop_front();
+        }
+        heard.push_back((term, commit, at));
+    }
+
+    /// When the newest append of `term` was heard whose commit index is applied.
+    fn current_as_of(&self, term: u64, applied: u64) -> Option<std::time::Instant> {
+        self.0
+            .lock()
+            .iter()
+            .rev()
+            .find(|(t, commit, _)| *t == term && *commit <= applied)
+            .map(|(_, _, at)| *at)
     }
 }

@@ -19,6 +19,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::relay::PeerRelay;
 use crate::{bins, wait};
 
 /// Settings of a test cluster.
@@ -50,6 +51,9 @@ pub struct ClusterOptions {
     pub client_tls: Option<ClientTlsFiles>,
     /// Give every node a peer port of its own (`--peer-listen`).
     pub peer_ports: bool,
+    /// Put a [`PeerRelay`] in front of this node's peer port (needs `peer_ports`), so the
+    /// test can cut what it receives from its peers ([`Cluster::relay`]).
+    pub peer_relay: Option<u64>,
 }
 
 /// PEM contents for TLS channels to the nodes.
@@ -78,6 +82,7 @@ impl Default for ClusterOptions {
             data_parent: None,
             client_tls: None,
             peer_ports: false,
+            peer_relay: None,
         }
     }
 }
@@ -100,6 +105,7 @@ pub struct Cluster {
     nodes: BTreeMap<u64, NodeProc>,
     /// The static membership given to nodes started with `--peers`.
     initial_peers: BTreeMap<u64, (SocketAddr, Option<SocketAddr>)>,
+    relay: Option<PeerRelay>,
 }
 
 /// A free loopback port for a process this test starts: bound, released, then bound again
@@ -134,14 +140,29 @@ impl Cluster {
             options: options.clone(),
             nodes: BTreeMap::new(),
             initial_peers: BTreeMap::new(),
+            relay: None,
         };
+        assert!(
+            options.peer_relay.is_none() || options.peer_ports,
+            "a peer relay needs peer_ports"
+        );
+        let mut listens = BTreeMap::new();
         for id in 1..=options.nodes {
-            let peer = options.peer_ports.then(reserve_port);
+            let mut peer = options.peer_ports.then(reserve_port);
+            listens.insert(id, peer);
+            if options.peer_relay == Some(id)
+                && let Some(target) = peer
+            {
+                let listener = TcpListener::bind("127.0.0.1:0").expect("bind the relay");
+                let relay = PeerRelay::start(listener, target);
+                peer = Some(relay.addr());
+                cluster.relay = Some(relay);
+            }
             cluster.initial_peers.insert(id, (reserve_port(), peer));
         }
         for id in 1..=options.nodes {
-            let (grpc, peer) = cluster.initial_peers[&id];
-            cluster.add_proc(id, grpc, peer);
+            let (grpc, _) = cluster.initial_peers[&id];
+            cluster.add_proc(id, grpc, listens[&id]);
             cluster.spawn(id);
         }
         let all: Vec<u64> = (1..=options.nodes).collect();
@@ -226,6 +247,14 @@ impl Cluster {
                     .iter()
                     .flat_map(|peer| ["--peer-listen".to_string(), peer.to_string()]),
             )
+            .args(
+                self.relay
+                    .as_ref()
+                    .filter(|_| options.peer_relay == Some(id))
+                    .map(|relay| ["--peer-advertise".to_string(), relay.addr().to_string()])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(["--raft-heartbeat", options.heartbeat])
             .args(["--raft-election-timeout", options.election_timeout])
             .args(["--sweep-interval", options.sweep_interval])
@@ -249,6 +278,13 @@ impl Cluster {
             .stdout(log)
             .stderr(log_err);
         node.child = Some(command.spawn().expect("affinityd starts"));
+    }
+
+    /// The relay in front of `ClusterOptions::peer_relay`'s peer port.
+    pub fn relay(&self) -> &PeerRelay {
+        self.relay
+            .as_ref()
+            .expect("the cluster was started with a peer relay")
     }
 
     /// Add a node that is not in the initial membership and start it (it waits to be added).

@@ -9,6 +9,7 @@
 //!   the Docker connection under it; [`workload`] and [`checker`] are the chaos tests'
 //!   gateway-like load and the checker of its history.
 //! - [`kustomize`] renders the project's Kubernetes manifests without kubectl.
+//! - [`relay`] relays one node's peer port, so a test can cut what the node hears.
 //! - [`requests`] builds the requests tests send.
 //! - [`wait`] waits for a condition with a bound and a clear message when it times out.
 //!
@@ -24,6 +25,7 @@ pub mod cluster;
 pub mod containers;
 pub mod docker;
 pub mod kustomize;
+pub mod relay;
 pub mod requests;
 pub mod wait;
 pub mod workload;

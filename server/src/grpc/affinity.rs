@@ -378,8 +378,13 @@ impl Affinity for AffinityService {
                 )))
             })?;
             let since = subscription.since;
+            let node = self.ctx.node.clone();
+            let progress = watch::Progress {
+                every: watch::PROGRESS_EVERY,
+                probe: Arc::new(move || (node.state().applied_revision(), node.in_touch_with_leader())),
+            };
             Ok((
-                watch::stream(subscription, checked.scope, self.ctx.shutdown.clone(), slot),
+                watch::stream(subscription, checked.scope, self.ctx.shutdown.clone(), slot, progress),
                 since,
             ))
         })

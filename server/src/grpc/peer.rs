@@ -82,7 +82,8 @@ impl RaftRpc for PeerService {
         let wire = request.into_inner();
         let leader_store_ms = wire.leader_store_ms;
         let req = append_request_from_pb(wire).map_err(|e| bad_message(&e))?;
-        self.node.hear_leader(&req.vote, leader_store_ms, heard);
+        self.node
+            .hear_leader(&req.vote, leader_commit(&req), leader_store_ms, heard);
         let resp = self
             .node
             .raft()
@@ -112,7 +113,7 @@ impl RaftRpc for PeerService {
                 });
                 let req = match decoded {
                     Some(Ok((req, leader_store_ms))) => {
-                        node.hear_leader(&req.vote, leader_store_ms, heard);
+                        node.hear_leader(&req.vote, leader_commit(&req), leader_store_ms, heard);
                         Some(req)
                     }
                     Some(Err(e)) => {
@@ -243,4 +244,11 @@ async fn receive(
     let file = file.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_data().map_err(io)?;
     SnapshotData::open(path).map_err(io)
+}
+
+/// The commit index an append carries.
+fn leader_commit(
+    req: &openraft::raft::AppendEntriesRequest<crate::raft::TypeConfig>,
+) -> Option<u64> {
+    req.leader_commit.as_ref().map(openraft::LogId::index)
 }

@@ -308,6 +308,7 @@ impl Event {
             kind: self.kind.to_pb().into(),
             lease: Some(self.lease.to_pb()),
             revision: self.revision,
+            in_touch_with_leader: false,
         }
     }
 }

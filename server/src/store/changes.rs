@@ -31,7 +31,8 @@ struct History {
     events: VecDeque<Event>,
     /// Every event with a revision at or above this is in `events`.
     floor: u64,
-    /// The newest revision published (or the index a snapshot replaced the state up to).
+    /// The newest index applied (or the index a snapshot replaced the state up to); every
+    /// event at or below it has been published.
     last: u64,
     capacity: usize,
 }
@@ -51,6 +52,10 @@ pub struct Subscription {
     /// The newest revision published before `live` starts: every later change comes live.
     /// A subscriber that resumes from here misses nothing.
     pub since: u64,
+    /// The revision asked for (0: from now on). A node that has not applied that far yet
+    /// publishes older changes live; the stream must skip them, or a resuming subscriber
+    /// would go back in time.
+    pub start: u64,
 }
 
 impl Changes {
@@ -98,6 +103,19 @@ impl Changes {
         let _ = self.sender.send(Change::Applied(Arc::from(events)));
     }
 
+    /// Entries up to `index` are applied (with or without events): a subscriber that
+    /// resumes from there misses nothing.
+    pub fn advance(&self, index: u64) {
+        let mut history = self.history.lock();
+        history.last = history.last.max(index);
+    }
+
+    /// The newest index applied and published: every change at or below it is in the
+    /// live feed already.
+    pub fn last(&self) -> u64 {
+        self.history.lock().last
+    }
+
     /// The state was replaced up to `last_log_index`: history before it is meaningless.
     pub fn reset(&self, last_log_index: u64) {
         let mut history = self.history.lock();
@@ -128,6 +146,7 @@ impl Changes {
             replay,
             live: self.sender.subscribe(),
             since: history.last,
+            start,
         })
     }
 
@@ -137,12 +156,13 @@ impl Changes {
     }
 }
 
+/// Events for the tests of the feed and of the streams built on it.
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sm::{EventKind, Lease};
+pub(crate) mod test_events {
+    use crate::sm::{Event, EventKind, Lease};
 
-    fn event(revision: u64, n: u8) -> Event {
+    /// A CREATED event of revision `revision` for the `n`th /24.
+    pub(crate) fn event(revision: u64, n: u8) -> Event {
         Event {
             kind: EventKind::Created,
             lease: Lease {
@@ -158,6 +178,12 @@ mod tests {
             revision,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_events::event;
+    use super::*;
 
     #[test]
     fn resume_replays_from_the_revision_then_follows_live() {

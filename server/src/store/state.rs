@@ -150,6 +150,11 @@ impl StateMachineStore {
         self.inner.changes.subscribe(start)
     }
 
+    /// The newest log index applied, with every change up to it in the watch feed.
+    pub fn applied_revision(&self) -> u64 {
+        self.inner.changes.last()
+    }
+
     /// Current subscribers.
     pub fn subscriber_count(&self) -> usize {
         self.inner.changes.subscriber_count()
@@ -239,8 +244,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + Send,
     {
         let mut events = Vec::new();
+        let mut applied = None;
         while let Some(item) = entries.next().await {
             let (entry, responder) = item?;
+            applied = Some(entry.log_id.index());
             let outcome = {
                 let mut state = self.inner.state.write();
                 state.last_applied = Some(entry.log_id);
@@ -261,6 +268,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             if !events.is_empty() {
                 self.inner.changes.publish(std::mem::take(&mut events));
             }
+        }
+        if let Some(index) = applied {
+            self.inner.changes.advance(index);
         }
         Ok(())
     }

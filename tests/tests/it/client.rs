@@ -28,10 +28,10 @@ fn ip(text: &str) -> IpAddr {
 
 async fn watching(client: &AffinityClient) {
     wait::until(
-        "the client's watch stream is up",
+        "the client's watch stream is up and its cache current",
         Duration::from_secs(10),
         || async {
-            if client.is_watching() {
+            if client.is_watching() && client.cache_is_current() {
                 Ok(())
             } else {
                 Err("not yet")
@@ -46,6 +46,8 @@ async fn two_replicas_share_one_decision_then_hit_their_caches() {
     let cluster = Cluster::start("client-share", ClusterOptions::default()).await;
     let a = client(&cluster, &[1, 2, 3]);
     let b = client(&cluster, &[3, 2, 1]);
+    watching(&a).await;
+    watching(&b).await;
     let p = policy(Duration::from_secs(600));
     let none: Vec<String> = vec![];
 
@@ -181,6 +183,7 @@ async fn changes_by_one_replica_reach_the_others_cache_through_watch() {
 async fn the_cache_stops_serving_at_expiry_minus_the_skew_margin() {
     let cluster = Cluster::start("client-expiry", ClusterOptions::default()).await;
     let c = client(&cluster, &[1, 2, 3]);
+    watching(&c).await;
     let p = policy(Duration::from_secs(3));
     let decision = c
         .resolve("ns/e/0", ip("192.0.2.1"), &p, "10.4.0.1:80", &[])
@@ -241,6 +244,7 @@ async fn resolves_survive_the_leader_being_killed_and_hits_never_fail() {
     let mut cluster = Cluster::start("client-failover", ClusterOptions::default()).await;
     let leader = cluster.wait_leader(&[1, 2, 3]).await;
     let c = client(&cluster, &[1, 2, 3]);
+    watching(&c).await;
     let p = policy(Duration::from_secs(600));
     let warm = c
         .resolve("ns/k/0", ip("10.77.0.1"), &p, "10.4.0.1:80", &[])
@@ -263,7 +267,8 @@ async fn resolves_survive_the_leader_being_killed_and_hits_never_fail() {
                     )
                     .await;
                 results.push((r, started.elapsed()));
-                // A cached decision is answered whatever the store is doing.
+                // A cached decision is answered through the election: the cache stays
+                // current (a new leader is in touch within the 5 s max_staleness).
                 assert!(
                     c.cached("ns/k/0", ip("10.77.0.200"), &p).is_some(),
                     "a cache hit failed"
@@ -296,6 +301,8 @@ async fn with_the_whole_store_down_replicas_fall_back_to_the_same_endpoint() {
             .endpoints((1..=3).map(|id| cluster.addr(id).to_string()))
             .request_timeout(Duration::from_secs(1))
             .fail_mode(mode)
+            // Long enough for the cached lease to outlive the whole test's outage.
+            .max_staleness(Duration::from_secs(60))
             .build()
             .unwrap()
     };
@@ -305,6 +312,7 @@ async fn with_the_whole_store_down_replicas_fall_back_to_the_same_endpoint() {
         build(FailMode::Closed),
     );
     let p = policy(Duration::from_secs(600));
+    watching(&a).await;
     a.resolve("ns/fb/0", ip("10.1.1.1"), &p, "b1:80", &[])
         .await
         .unwrap();
@@ -338,7 +346,8 @@ async fn with_the_whole_store_down_replicas_fall_back_to_the_same_endpoint() {
             "both replicas fall back to the same endpoint"
         );
     }
-    // The lease cached before the outage is still served from the cache.
+    // The lease cached before the outage is still served from the cache, within the
+    // client's max_staleness.
     let cached = a
         .resolve("ns/fb/0", ip("10.1.1.2"), &p, "b2:80", &[])
         .await

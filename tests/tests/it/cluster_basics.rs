@@ -123,7 +123,7 @@ async fn concurrent_creates_share_log_entries_and_each_gets_its_own_lease() {
     );
 }
 
-/// Read events from a Watch stream until `n` have arrived.
+/// Read changes from a Watch stream until `n` have arrived (PROGRESS events are skipped).
 async fn next_events(
     stream: &mut tonic::Streaming<pb::WatchEvent>,
     n: usize,
@@ -135,7 +135,9 @@ async fn next_events(
             .expect("a watch event within 10s")
             .expect("the stream stays open")
             .expect("the stream has not ended");
-        events.push(event);
+        if event.kind() != Kind::Progress {
+            events.push(event);
+        }
     }
     events
 }

@@ -11,6 +11,8 @@
 //! - `bad_input`: every rule of every field, and garbage on the wire.
 //! - `client`: `affinity-client` against a cluster: shared decisions, cache, watch, expiry,
 //!   coalescing, failover, fallback.
+//! - `client_cache`: the client's cache never serves a changed decision: a watch broken
+//!   mid-replay, a miss whose callers were all cancelled.
 //! - `ctl`: every `affinityctl` command against a cluster.
 //! - `limits`: leases in total and per scope, watch streams and pending writes, each
 //!   refused clearly, counted, and with nothing written.
@@ -33,6 +35,7 @@ mod backup;
 mod bad_input;
 mod certs;
 mod client;
+mod client_cache;
 mod clock_steps;
 mod cluster_basics;
 mod cluster_faults;

@@ -638,6 +638,10 @@ async fn watch(
         let Some(event) = stream.message().await? else {
             break;
         };
+        // Progress says the stream is alive; it is not a change to print.
+        if event.kind == i32::from(pb::watch_event::Kind::Progress) {
+            continue;
+        }
         seen += 1;
         let kind =
             pb::watch_event::Kind::try_from(event.kind).map_or("UNKNOWN", |k| k.as_str_name());
