@@ -79,6 +79,7 @@ impl Proxy {
                         Source::Cache => "cache",
                         Source::Store { .. } => "store",
                         Source::Fallback => "fallback",
+                        _ => "other",
                     };
                     (d.endpoint, source)
                 }

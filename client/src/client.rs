@@ -31,6 +31,7 @@ pub(crate) fn now_ms() -> i64 {
 
 /// What happens when the store cannot answer in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum FailMode {
     /// Answer with a rendezvous-hash fallback decision (the same on every replica), and say
     /// so in [`Decision::source`]. The default: a gateway keeps routing.
@@ -40,8 +41,9 @@ pub enum FailMode {
     Closed,
 }
 
-/// Where a decision came from.
+/// Where a decision came from. New sources may be added: match with a wildcard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Source {
     /// This client's cache (kept current by the store's `Watch` stream).
     Cache,
@@ -519,6 +521,7 @@ impl AffinityClient {
         };
         let endpoint = fallback::choose(scope, &key, candidates).unwrap_or(proposed);
         metrics::counter!("affinity_client_fallbacks_total").increment(1);
+        metrics::counter!("affinity_client_fallback_decisions_total").increment(1);
         let now = now_ms();
         let last = self.inner.last_warning_ms.load(Ordering::Relaxed);
         if now.saturating_sub(last) >= 10_000
@@ -615,7 +618,7 @@ impl AffinityClient {
             .instrument(tracing::debug_span!("affinity.resolve", scope = %scope))
             .await?;
         let lease = resp.lease.ok_or_else(|| ClientError::Refused {
-            code: "INTERNAL".into(),
+            code: tonic::Code::Internal,
             message: "the store answered Resolve without a lease".into(),
         })?;
         let in_time = i64::try_from(sent.elapsed().as_millis())

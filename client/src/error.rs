@@ -2,8 +2,9 @@
 
 use affinity_proto::ValidationError;
 
-/// Why a call did not return a decision.
+/// Why a call did not return a decision. New kinds may be added: match with a wildcard.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClientError {
     /// The request breaks a rule (checked locally before sending, or by the store); retrying
     /// it unchanged cannot help.
@@ -17,10 +18,10 @@ pub enum ClientError {
         message: String,
     },
     /// The store answered with an error the client does not retry.
-    #[error("the affinity store refused the request ({code}): {message}")]
+    #[error("the affinity store refused the request ({}): {message}", affinity_proto::code_name(*.code))]
     Refused {
-        /// gRPC status code name.
-        code: String,
+        /// The store's gRPC status code (its name: `affinity_proto::code_name`).
+        code: tonic::Code,
         /// The store's message.
         message: String,
     },

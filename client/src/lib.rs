@@ -28,7 +28,10 @@
 //! - **Metrics** through the [`metrics`] facade (the host chooses the exporter):
 //!   `affinity_client_cache_hits_total`, `_cache_misses_total`, `_fallbacks_total`,
 //!   `_rpc_duration_seconds{rpc}`, `_rpc_errors_total{rpc,code}`, `_watch_reconnects_total`,
-//!   `_watch_timeouts_total`, `_cache_staleness_seconds`.
+//!   `_watch_timeouts_total`, `_cache_staleness_seconds`, `_fallback_decisions_total`.
+//!
+//! Public enums are `#[non_exhaustive]`: match [`Source`], [`FailMode`] and
+//! [`ClientError`] with a wildcard arm.
 //!
 //! ## Example
 //!

@@ -218,7 +218,7 @@ impl Nodes {
                         }
                         other => {
                             return Err(ClientError::Refused {
-                                code: code_name(other).to_string(),
+                                code: other,
                                 message: status.message().to_string(),
                             });
                         }
@@ -268,7 +268,7 @@ fn invalid(status: &Status) -> ClientError {
     match parsed {
         Some(e) => ClientError::Invalid(e),
         None => ClientError::Refused {
-            code: "INVALID_ARGUMENT".into(),
+            code: Code::InvalidArgument,
             message: message.to_string(),
         },
     }
@@ -308,8 +308,13 @@ mod tests {
         );
         assert!(matches!(
             invalid(&Status::invalid_argument("garbled")),
-            ClientError::Refused { .. }
+            ClientError::Refused {
+                code: Code::InvalidArgument,
+                ..
+            }
         ));
+        let refused = invalid(&Status::invalid_argument("garbled")).to_string();
+        assert!(refused.contains("(INVALID_ARGUMENT): garbled"), "{refused}");
     }
 
     #[test]

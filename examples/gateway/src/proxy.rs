@@ -192,7 +192,8 @@ impl Gateway {
         let decided = match decision.source {
             Source::Cache => Decided::Cache,
             Source::Store { created, replaced } => Decided::Store { created, replaced },
-            Source::Fallback => Decided::Fallback,
+            // `Source` may grow; anything else is not the store's decision.
+            _ => Decided::Fallback,
         };
         let endpoint = decision.endpoint.as_str();
         let i = index_of(endpoint).ok_or_else(|| {

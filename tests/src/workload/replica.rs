@@ -117,9 +117,10 @@ async fn send(
                     "SKIPPED".to_string()
                 }
                 ClientError::Unavailable { .. } => "UNAVAILABLE".to_string(),
-                ClientError::Refused { code, .. } => code.clone(),
+                ClientError::Refused { code, .. } => affinity_proto::code_name(*code).to_string(),
                 ClientError::Invalid(_) => "INVALID_ARGUMENT".to_string(),
                 ClientError::Config(_) => "CONFIG".to_string(),
+                other => format!("OTHER: {other}"),
             };
             Outcome::Err {
                 code,
@@ -164,7 +165,7 @@ fn decided(d: &Decision) -> Result<Answer, ClientError> {
             cached: false,
         }),
         // Not in FailMode::Closed; were it to happen, the store did not answer.
-        Source::Fallback => Err(ClientError::Unavailable {
+        _ => Err(ClientError::Unavailable {
             message: "the client fell back to rendezvous hashing".to_string(),
         }),
     }
