@@ -16,9 +16,9 @@
 //! The store sends PROGRESS on every stream twice a second: the index the node applied and
 //! whether it is in touch with a leader. Progress from a node in touch with the leader marks
 //! the cache fresh (`Inner::fresh_ms`, which `cached()` checks against `max_staleness`). A
-//! stream with no such progress for `watch_timeout` is following a node that is slow or cut
-//! off from its leader: it is dropped, and the next node takes over from the same resume
-//! point.
+//! stream with neither such progress nor changes for `watch_timeout` is following a node
+//! that is slow or cut off from its leader: it is dropped, and the next node takes over
+//! from the same resume point.
 //!
 //! The task ends when the last clone of the client is dropped.
 
@@ -183,6 +183,9 @@ pub(crate) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
                                 }
                             } else if current {
                                 apply(&strong, &event);
+                                // Changes flowing (a long replay, say) are not a silent
+                                // stream; only progress makes the cache fresh, though.
+                                silent_until = tokio::time::Instant::now() + watch_timeout;
                             }
                         }
                         Ok(None) => break,
