@@ -242,6 +242,15 @@ async fn one_run(
                 .await
                 .map_err(|e| format!("warming the cache: {e}"))?;
         }
+        // The cache answers only once its Watch stream reports progress from a node in
+        // touch with the leader (max_staleness).
+        let current_by = std::time::Instant::now() + Duration::from_secs(10);
+        while !client.cache_is_current() {
+            if std::time::Instant::now() > current_by {
+                return Err("the client's cache did not become current within 10 s".into());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let client = Arc::new(client);
         let scope = Arc::new(scope);
         return Ok(drive(mode, limit, move |_, n| {
