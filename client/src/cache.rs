@@ -316,6 +316,11 @@ impl LeaseCache {
         self.entries.clear_sync();
     }
 
+    /// Leases cached at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Entries held.
     pub fn len(&self) -> usize {
         self.writes.lock().index.len()

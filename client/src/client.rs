@@ -284,7 +284,7 @@ pub(crate) struct Inner {
     pub nodes: Nodes,
     pub cache: LeaseCache,
     pub skew_ms: i64,
-    request_timeout: Duration,
+    pub request_timeout: Duration,
     fail_mode: FailMode,
     inflight: Mutex<HashMap<(String, ClientKey), (u64, Flight)>>,
     flight_ids: AtomicU64,
@@ -300,6 +300,23 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    /// Cache a lease the store answered to a request sent at `sent` in cache epoch
+    /// `epoch`, unless the cache learned of a removal or lost track of changes since, or
+    /// the answer took too long to be sure of either.
+    pub fn cache_answer(&self, sent: Instant, epoch: u64, lease: &pb::Lease) {
+        let in_time = i64::try_from(sent.elapsed().as_millis())
+            .is_ok_and(|took| took < removal_window_ms(self.request_timeout));
+        if in_time
+            && let (Ok(key), Some(entry)) = (
+                lease.prefix.parse::<ClientKey>(),
+                Entry::from_lease(lease, self.skew_ms),
+            )
+        {
+            self.cache
+                .put_answer(epoch, &lease.scope, key, entry, now_ms());
+        }
+    }
+
     /// Whether the cache may answer at `now_ms`: progress came within `max_staleness`
     /// (and not from the future: a wall clock stepped back counts as stale). One load and
     /// a compare.
@@ -386,8 +403,9 @@ impl AffinityClient {
         hit
     }
 
-    /// Put a lease obtained from the store some other way (for example from `List`, to warm
-    /// the cache at start) into the cache. Newer revisions already cached win.
+    /// Put a lease obtained from the store some other way into the cache (the client warms
+    /// itself from `List` when its watch starts). Newer revisions and later removals
+    /// already known win.
     pub fn remember(&self, lease: &pb::Lease) {
         if let (Ok(key), Some(entry)) = (
             lease.prefix.parse::<ClientKey>(),
@@ -621,18 +639,7 @@ impl AffinityClient {
             code: tonic::Code::Internal,
             message: "the store answered Resolve without a lease".into(),
         })?;
-        let in_time = i64::try_from(sent.elapsed().as_millis())
-            .is_ok_and(|took| took < removal_window_ms(self.inner.request_timeout));
-        if in_time
-            && let (Ok(key), Some(entry)) = (
-                lease.prefix.parse::<ClientKey>(),
-                Entry::from_lease(&lease, self.inner.skew_ms),
-            )
-        {
-            self.inner
-                .cache
-                .put_answer(epoch, &scope, key, entry, now_ms());
-        }
+        self.inner.cache_answer(sent, epoch, &lease);
         Ok(Answer {
             lease,
             created: resp.created,

@@ -20,11 +20,18 @@
 //! that is slow or cut off from its leader: it is dropped, and the next node takes over
 //! from the same resume point.
 //!
+//! A stream that starts from now (the first one, or the one after a gap it could not resume)
+//! also fills the cache from `List` (every scope, paged, up to the cache's capacity), so a
+//! client that starts serves the leases every other replica serves instead of asking the
+//! store about each. The listing runs beside the stream, which was opened first, so no
+//! change is missed between them (removals are remembered, so a page read before a removal
+//! cannot bring the lease back), and the cache is not marked fresh until it is done.
+//!
 //! The task ends when the last clone of the client is dropped.
 
 use std::sync::Weak;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use affinity_proto::pb::watch_event::Kind;
 use affinity_proto::{ClientKey, pb};
@@ -109,11 +116,80 @@ impl Resume {
     }
 }
 
+/// Leases asked for per `List` page while warming the cache.
+const WARM_PAGE: usize = 1000;
+
+/// Fill the cache from `List`, every scope, up to its capacity; retried with backoff until
+/// done, `stop`, or the client is gone.
+async fn warm(inner: Weak<Inner>, stop: CancellationToken) {
+    let Some(epoch) = inner.upgrade().map(|i| i.cache.epoch()) else {
+        return;
+    };
+    let mut token = String::new();
+    let mut listed = 0usize;
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let wanted = strong
+            .cache
+            .capacity()
+            .saturating_sub(listed)
+            .min(WARM_PAGE);
+        if wanted == 0 {
+            return;
+        }
+        let wire = pb::ListRequest {
+            scope: String::new(),
+            page_size: u32::try_from(wanted).unwrap_or(1),
+            page_token: token.clone(),
+        };
+        let sent = Instant::now();
+        let call = strong
+            .nodes
+            .call("List", sent + strong.request_timeout, |mut c, remaining| {
+                let mut request = tonic::Request::new(wire.clone());
+                request.set_timeout(remaining);
+                async move { c.list(request).await }
+            });
+        let page = tokio::select! {
+            () = stop.cancelled() => return,
+            page = call => page,
+        };
+        match page {
+            Ok(page) => {
+                for lease in &page.leases {
+                    strong.cache_answer(sent, epoch, lease);
+                }
+                listed += page.leases.len();
+                if page.next_page_token.is_empty() {
+                    tracing::debug!(listed, "lease cache warmed from List");
+                    return;
+                }
+                token = page.next_page_token;
+                backoff = FIRST_BACKOFF;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "warming the lease cache from List failed; retrying");
+                drop(strong);
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
 /// Follow the store's changes until `stop` is cancelled or the client is gone.
 pub(crate) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
     let mut backoff = FIRST_BACKOFF;
     let mut node = None;
     let mut resume = Resume::default();
+    // The cache is not fresh while this runs.
+    let mut warming: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -132,6 +208,12 @@ pub(crate) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
             Ok(response) => {
                 if resume.start() > 0 {
                     metrics::counter!("affinity_client_watch_reconnects_total").increment(1);
+                } else if inner.upgrade().is_some_and(|i| i.cache.capacity() > 0) {
+                    // From now on: fill the cache with what the store already holds.
+                    if let Some(old) = warming.take() {
+                        old.abort();
+                    }
+                    warming = Some(tokio::spawn(warm(inner.clone(), stop.clone())));
                 }
                 let since = response
                     .metadata()
@@ -178,7 +260,12 @@ pub(crate) async fn run(inner: Weak<Inner>, stop: CancellationToken) {
                             let current = resume.arrived(event.revision);
                             if event.kind == i32::from(Kind::Progress) {
                                 if current && event.in_touch_with_leader {
-                                    strong.fresh_ms.store(now_ms(), Ordering::Relaxed);
+                                    let warmed = warming
+                                        .as_ref()
+                                        .is_none_or(tokio::task::JoinHandle::is_finished);
+                                    if warmed {
+                                        strong.fresh_ms.store(now_ms(), Ordering::Relaxed);
+                                    }
                                     silent_until = tokio::time::Instant::now() + watch_timeout;
                                 }
                             } else if current {

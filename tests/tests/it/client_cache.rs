@@ -370,3 +370,51 @@ async fn a_cache_fed_by_a_follower_cut_off_from_its_leader_goes_stale_within_the
     );
     assert_eq!(only_cut.cached(scope, b, &p).unwrap(), "10.7.0.2:80");
 }
+
+/// A client that starts fills its cache from `List` (every scope, up to its capacity)
+/// before its cache is current, so a restarted gateway replica serves the leases the others
+/// serve instead of asking the store about each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_client_warms_its_cache_from_list_before_it_is_current() {
+    let cluster = Cluster::start("cache-warm", ClusterOptions::default()).await;
+    let leader = cluster.wait_leader(&cluster.ids()).await;
+    create_leases(&cluster, leader, "ns/warm/0", 2_500).await;
+    create_leases(&cluster, leader, "ns/warm/1", 500).await;
+    let build = |capacity: usize| {
+        AffinityClient::builder()
+            .endpoints(cluster.ids().iter().map(|id| cluster.addr(*id).to_string()))
+            .cache_capacity(capacity)
+            .build()
+            .unwrap()
+    };
+    let client = build(100_000);
+    until(
+        "the new client's cache is current",
+        Duration::from_secs(20),
+        || client.cache_is_current(),
+    )
+    .await;
+    assert_eq!(client.cache_len(), 3_000, "every lease listed");
+    let p = policy();
+    for (scope, n) in [("ns/warm/0", 0), ("ns/warm/0", 1_999), ("ns/warm/1", 499)] {
+        let endpoint = if n % 2 == 0 {
+            "10.7.0.1:80"
+        } else {
+            "10.7.0.2:80"
+        };
+        assert_eq!(
+            client.cached(scope, ip(&nth_ip(n)), &p).as_deref(),
+            Some(endpoint),
+            "{scope} lease {n} served without asking the store"
+        );
+    }
+    // The listing stops at the cache's capacity.
+    let small = build(1_000);
+    until(
+        "the small client's cache is current",
+        Duration::from_secs(20),
+        || small.cache_is_current(),
+    )
+    .await;
+    assert_eq!(small.cache_len(), 1_000);
+}
