@@ -189,8 +189,8 @@ impl Builder {
     }
 
     /// A `Watch` stream that carries neither changes nor progress from a node in touch with
-    /// the leader for this long is treated as broken: the client moves to another node and resumes there.
-    /// The store reports progress every 0.5 s. Default 3 s.
+    /// the leader for this long is treated as broken: the client moves to another node and
+    /// resumes there. The store reports progress every 0.5 s. Default 3 s.
     #[must_use]
     pub fn watch_timeout(mut self, timeout: Duration) -> Self {
         self.watch_timeout = timeout;

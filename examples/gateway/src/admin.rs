@@ -1,8 +1,9 @@
 //! The gateway's admin endpoint: `/metrics` (Prometheus text: the gateway's
 //! `affinity_gateway_*` series and the client crate's `affinity_client_*` ones), `/healthz`
 //! (the process serves) and `/readyz` (ready once routes are loaded, which is before the
-//! proxy listens; the body says whether the store's watch stream is connected, but readiness
-//! does not depend on the store: without it the gateway still routes, by cache or fallback,
+//! proxy listens; the body says whether the store's watch stream is connected and whether
+//! the lease cache is current (warmed from the store and within its `max_staleness`), but
+//! readiness does not depend on the store: without it the gateway still routes, by cache or fallback,
 //! and taking every replica out of service when the store is down would be worse).
 
 use affinity_client::AffinityClient;
@@ -56,5 +57,13 @@ async fn readyz(State((_, client)): AppState) -> impl IntoResponse {
     } else {
         "not connected (deciding by store calls or fallback)"
     };
-    (StatusCode::OK, format!("ready\nwatch: {watch}\n"))
+    let cache = if client.cache_is_current() {
+        "current"
+    } else {
+        "stale (every request asks the store)"
+    };
+    (
+        StatusCode::OK,
+        format!("ready\nwatch: {watch}\ncache: {cache}\n"),
+    )
 }

@@ -140,12 +140,13 @@ impl Gateway {
         let admin = self.admin;
         let listen = self.listen;
         wait::until(
-            &format!("gateway {listen} serves and watches the store"),
+            &format!("gateway {listen} serves, watches the store and has a current cache"),
             Duration::from_secs(30),
             || async move {
                 let body = affinity_tests::cluster::http_get(admin, "/readyz");
                 let proxy_up = std::net::TcpStream::connect(listen).is_ok();
-                if proxy_up && body.contains("watch: connected") {
+                if proxy_up && body.contains("watch: connected") && body.contains("cache: current")
+                {
                     Ok(())
                 } else {
                     Err(format!("proxy up: {proxy_up}; readyz: {body:?}"))
