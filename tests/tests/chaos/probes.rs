@@ -17,7 +17,7 @@ use affinity_tests::containers::ContainerCluster;
 use affinity_tests::{docker, requests, wait};
 use tonic::transport::Channel;
 
-use crate::Run;
+use crate::{Run, scenario};
 
 /// The scope of planted leases (the workload and its checker never touch it).
 pub const PROBE_SCOPE: &str = "chaos/probe/0";
@@ -412,6 +412,21 @@ pub fn note(run: &mut Run, finding: impl Into<String>) {
     {
         let _ = writeln!(file, "{finding}");
     }
+}
+
+/// A scenario with checks of its own: skipped (loudly, see [`can_run`]) when `missing`
+/// names a tool it lacks; what its faults record in the [`Verdict`] is asserted after the
+/// common history check and report, so a failing check still leaves every figure.
+pub async fn checked<F>(name: &str, missing: Option<String>, faults: F)
+where
+    F: AsyncFnOnce(&mut Run, &Verdict),
+{
+    if !can_run(name, missing) {
+        return;
+    }
+    let verdict = Verdict::default();
+    scenario(name, async |run: &mut Run| faults(run, &verdict).await).await;
+    verdict.assert_clean(name);
 }
 
 /// Whether scenario `name` can run: `None` when `missing` says nothing is missing;

@@ -11,8 +11,8 @@ use affinity_proto::pb::affinity_client::AffinityClient as RawClient;
 use affinity_tests::containers::LIBFAKETIME;
 use affinity_tests::{requests, workload};
 
+use crate::Run;
 use crate::probes::{self, Planted, Verdict, note};
-use crate::{Run, scenario};
 
 /// How far store time may move beyond real time at a leader change.
 const MAX_CLOCK_STEP_MS: i64 = 1000;
@@ -233,27 +233,25 @@ async fn skewed_follower_becomes_leader(run: &mut Run, offset_s: i64, verdict: &
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_clock_ahead_becomes_leader() {
     let name = "clock_ahead_leader";
-    if !probes::can_run(name, libfaketime_missing()) {
-        return;
-    }
-    let verdict = Verdict::default();
-    scenario(name, async |run: &mut Run| {
-        skewed_follower_becomes_leader(run, 10, &verdict).await;
-    })
+    probes::checked(
+        name,
+        libfaketime_missing(),
+        async |run: &mut Run, verdict: &Verdict| {
+            skewed_follower_becomes_leader(run, 10, verdict).await;
+        },
+    )
     .await;
-    verdict.assert_clean(name);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_clock_behind_becomes_leader() {
     let name = "clock_behind_leader";
-    if !probes::can_run(name, libfaketime_missing()) {
-        return;
-    }
-    let verdict = Verdict::default();
-    scenario(name, async |run: &mut Run| {
-        skewed_follower_becomes_leader(run, -10, &verdict).await;
-    })
+    probes::checked(
+        name,
+        libfaketime_missing(),
+        async |run: &mut Run, verdict: &Verdict| {
+            skewed_follower_becomes_leader(run, -10, verdict).await;
+        },
+    )
     .await;
-    verdict.assert_clean(name);
 }

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use affinity_tests::containers::network_tools_missing;
 use affinity_tests::{requests, wait};
 
+use crate::Run;
 use crate::probes::{self, Verdict, note};
-use crate::{Run, scenario};
 
 /// How late the old leader hears its peers.
 const DELAY: Duration = Duration::from_millis(600);
@@ -140,41 +140,38 @@ async fn handover_with_a_delayed_old_leader(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_transfer_with_a_delayed_old_leader() {
     let name = "leader_transfer_delayed";
-    if !probes::can_run(name, network_tools_missing()) {
-        return;
-    }
-    let verdict = Verdict::default();
-    scenario(name, async |run: &mut Run| {
-        // Two rounds: whether the old leader still holds its leader lease when the probe
-        // reaches it depends on when its delayed acknowledgements last came in.
-        for round in 1..=2 {
-            handover_with_a_delayed_old_leader(run, Handover::Transfer, round, &verdict).await;
-            run.under_load(100).await;
-        }
-    })
+    probes::checked(
+        name,
+        network_tools_missing(),
+        async |run: &mut Run, verdict: &Verdict| {
+            // Two rounds: whether the old leader still holds its leader lease when the probe
+            // reaches it depends on when its delayed acknowledgements last came in.
+            for round in 1..=2 {
+                handover_with_a_delayed_old_leader(run, Handover::Transfer, round, verdict).await;
+                run.under_load(100).await;
+            }
+        },
+    )
     .await;
-    verdict.assert_clean(name);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_sigterm_with_a_delayed_old_leader() {
     let name = "leader_sigterm_delayed";
-    if !probes::can_run(name, network_tools_missing()) {
-        return;
-    }
-    let verdict = Verdict::default();
-    scenario(name, async |run: &mut Run| {
-        handover_with_a_delayed_old_leader(run, Handover::Sigterm, 1, &verdict).await;
-    })
+    probes::checked(
+        name,
+        network_tools_missing(),
+        async |run: &mut Run, verdict: &Verdict| {
+            handover_with_a_delayed_old_leader(run, Handover::Sigterm, 1, verdict).await;
+        },
+    )
     .await;
-    verdict.assert_clean(name);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leader_sigkill_and_immediate_restart_five_times() {
     let name = "leader_kill_restart_x5";
-    let verdict = Verdict::default();
-    scenario(name, async |run: &mut Run| {
+    probes::checked(name, None, async |run: &mut Run, verdict: &Verdict| {
         for round in 1..=5 {
             let leader = run.cluster.wait_leader(&run.cluster.all()).await;
             let before = run.cluster.status(leader).await.expect("the leader's Status");
@@ -227,17 +224,12 @@ async fn leader_sigkill_and_immediate_restart_five_times() {
         }
     })
     .await;
-    verdict.assert_clean(name);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossy_follower_then_deaf_leader() {
     let name = "peer_loss";
-    if !probes::can_run(name, network_tools_missing()) {
-        return;
-    }
-    let verdict = Verdict::default();
-    scenario(name, async |run: &mut Run| {
+    probes::checked(name, network_tools_missing(), async |run: &mut Run, verdict: &Verdict| {
         let old = run.cluster.wait_leader(&run.cluster.all()).await;
         let follower = (old + 1) % 3;
         let others: Vec<usize> = run
@@ -291,5 +283,4 @@ async fn lossy_follower_then_deaf_leader() {
         });
     })
     .await;
-    verdict.assert_clean(name);
 }
