@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
-use affinity_client::{AffinityClient, Masks, Policy, pb};
+use affinity_client::{AffinityClient, Masks, Policy, Resolve, pb};
 use affinity_tests::{Cluster, ClusterOptions};
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -167,7 +167,10 @@ fn cold_path(c: &mut Criterion) {
                     next += 1;
                     let one = Instant::now();
                     let d = client
-                        .resolve("bench/resolve/0", addr(next), &policy, "10.4.0.1:8080", &[])
+                        .resolve(
+                            Resolve::new("bench/resolve/0", addr(next), &policy)
+                                .proposed("10.4.0.1:8080"),
+                        )
                         .await
                         .expect("resolve");
                     histogram

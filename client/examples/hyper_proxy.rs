@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use affinity_client::{AffinityClient, Policy, Source, gateway};
+use affinity_client::{AffinityClient, Policy, Resolve, Source, gateway};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -61,19 +61,11 @@ impl Proxy {
         let (backend, source) = if let Some(endpoint) = cached {
             (endpoint, "cache")
         } else {
-            // What this replica would pick alone; the store keeps the first decision.
-            let proposal = &route.backends[usize::from(peer.port()) % route.backends.len()];
-            match self
-                .affinity
-                .resolve(
-                    &route.scope,
-                    peer.ip(),
-                    &route.policy,
-                    proposal,
-                    &route.backends,
-                )
-                .await
-            {
+            // A new lease proposes the rendezvous pick over the backends: what every
+            // replica picks, and what they all answer while the store is away.
+            let call =
+                Resolve::new(&route.scope, peer.ip(), &route.policy).eligible(&route.backends);
+            match self.affinity.resolve(call).await {
                 Ok(d) => {
                     let source = match d.source {
                         Source::Cache => "cache",

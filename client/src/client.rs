@@ -16,11 +16,12 @@ use tracing::Instrument;
 
 use crate::breaker::{Admission, Breaker, ProbeGuard};
 use crate::cache::{Entry, LeaseCache};
+use crate::call::Resolve;
 use crate::endpoint::Endpoint;
 use crate::error::ClientError;
 use crate::tls::ClientTls;
 use crate::transport::Nodes;
-use crate::{fallback, watch};
+use crate::watch;
 
 /// Wall clock, Unix ms.
 pub(crate) fn now_ms() -> i64 {
@@ -432,39 +433,35 @@ impl AffinityClient {
         self.inner.cache.len()
     }
 
-    /// The decision for `ip` in `scope`: from the cache if a live lease is cached and its
-    /// endpoint is eligible; else from the store, creating the lease for `proposed` if none
-    /// exists (or replacing one whose endpoint is not in `eligible`, when `eligible` is not
-    /// empty); else, if the store cannot answer in time and the fail mode is open, a
-    /// rendezvous-hash fallback over `eligible` (or `proposed` alone).
+    /// The decision for one client under one rule (see [`Resolve`]): from the cache if a
+    /// live lease is cached and its endpoint is eligible; else from the store, creating the
+    /// lease for the proposed endpoint if none exists (or replacing one whose endpoint is
+    /// not eligible, when eligible endpoints are given); else, if the store cannot answer
+    /// in time and the fail mode is open, the rendezvous pick over the eligible endpoints
+    /// (or the proposed one alone). Without an explicit proposal the new lease proposes
+    /// that same pick, so what replicas answer during an outage is what the store records
+    /// afterwards.
     ///
     /// Concurrent misses for one key in this client share one request to the store.
-    pub async fn resolve(
-        &self,
-        scope: &str,
-        ip: IpAddr,
-        policy: &Policy,
-        proposed: &str,
-        eligible: &[String],
-    ) -> Result<Decision, ClientError> {
+    pub async fn resolve(&self, call: Resolve<'_>) -> Result<Decision, ClientError> {
+        let key = call.key();
+        let proposed = call.proposal(&key)?;
+        let scope = call.scope;
         let wire = pb::ResolveRequest {
             scope: scope.to_string(),
-            client_ip: ip.to_string(),
-            policy: Some(policy.to_pb()),
+            client_ip: call.ip.to_string(),
+            policy: Some(call.policy.to_pb()),
             endpoint: proposed.to_string(),
-            eligible_endpoints: eligible.to_vec(),
+            eligible_endpoints: call.eligible.to_vec(),
             request_id: request::new_request_id(),
         };
         // Bad input never leaves this process.
-        let checked = request::Resolve::try_from(wire.clone())?;
-        let key = checked.key;
-        let eligible_ok =
-            |endpoint: &str| eligible.is_empty() || eligible.iter().any(|e| e == endpoint);
+        request::Resolve::try_from(wire.clone())?;
 
         let now = now_ms();
         if self.inner.fresh(now)
             && let Some(entry) = self.inner.cache.get(scope, key, now)
-            && eligible_ok(&entry.endpoint)
+            && call.allows(&entry.endpoint)
         {
             count_hit();
             return Ok(Decision {
@@ -481,10 +478,8 @@ impl AffinityClient {
             Admission::Probe => ProbeGuard(Some(&self.inner.breaker)),
             Admission::Skip => {
                 return self.fall_back(
-                    scope,
                     key,
-                    proposed,
-                    eligible,
+                    call.fallback(&key, proposed),
                     "the store failed recently; not waiting for it",
                 );
             }
@@ -492,7 +487,7 @@ impl AffinityClient {
 
         let mut answer = self.shared_resolve(scope, key, wire.clone()).await;
         if let Ok(a) = &answer
-            && !eligible_ok(&a.lease.endpoint)
+            && !call.allows(&a.lease.endpoint)
         {
             // Another caller's request, with other eligible endpoints, answered for us.
             answer = self.store_resolve(wire).await;
@@ -512,18 +507,39 @@ impl AffinityClient {
             }
             Err(e) if e.is_unavailable() => {
                 self.inner.breaker.failed(now_ms());
-                self.fall_back(scope, key, proposed, eligible, &e.to_string())
+                self.fall_back(key, call.fallback(&key, proposed), &e.to_string())
             }
             Err(e) => Err(e),
         }
     }
 
-    fn fall_back(
+    /// The five-argument form of [`resolve`](Self::resolve), as it was before [`Resolve`]:
+    /// `proposed` is the endpoint to propose and `eligible` the endpoints that may serve.
+    #[deprecated(
+        note = "use `resolve(Resolve::new(scope, ip, policy).eligible(eligible))`, which \
+                proposes the rendezvous pick (add `.proposed(p)` to keep your own); this \
+                form goes in the release after next"
+    )]
+    pub async fn resolve_positional(
         &self,
         scope: &str,
-        key: ClientKey,
+        ip: IpAddr,
+        policy: &Policy,
         proposed: &str,
         eligible: &[String],
+    ) -> Result<Decision, ClientError> {
+        self.resolve(
+            Resolve::new(scope, ip, policy)
+                .proposed(proposed)
+                .eligible(eligible),
+        )
+        .await
+    }
+
+    fn fall_back(
+        &self,
+        key: ClientKey,
+        endpoint: &str,
         why: &str,
     ) -> Result<Decision, ClientError> {
         if self.inner.fail_mode == FailMode::Closed {
@@ -531,13 +547,6 @@ impl AffinityClient {
                 message: why.to_string(),
             });
         }
-        let only = [proposed.to_string()];
-        let candidates = if eligible.is_empty() {
-            &only[..]
-        } else {
-            eligible
-        };
-        let endpoint = fallback::choose(scope, &key, candidates).unwrap_or(proposed);
         metrics::counter!("affinity_client_fallbacks_total").increment(1);
         metrics::counter!("affinity_client_fallback_decisions_total").increment(1);
         let now = now_ms();

@@ -14,11 +14,13 @@
 //!   answer older than a release cannot bring the lease back.
 //! - **Cold path**: [`AffinityClient::resolve`] asks the store on a miss (first writer wins:
 //!   every replica gets the same answer), with the healthy endpoints as `eligible` so a lease
-//!   on a dead backend is replaced. Concurrent misses for one key share one request. Retries
+//!   on a dead backend is replaced A new lease proposes the (weighted) rendezvous pick of
+//!   the client's key over them unless the caller names its own ([`Resolve`]). Concurrent misses for one key share one request. Retries
 //!   follow the leader, with backoff and jitter, inside the request deadline.
 //! - **Fail-open**: when the store cannot answer in time, `resolve` returns a
 //!   [`Source::Fallback`] decision by rendezvous hashing of the client's prefix over the
-//!   eligible endpoints: the same choice on every replica, no coordination needed. After a
+//!   eligible endpoints: the same choice on every replica, no coordination needed, and the
+//!   same endpoint a new lease proposes, so the store records it once it is back. After a
 //!   failure, misses stop waiting for the store for a short, growing cool-off (one request
 //!   at a time still probes it), so a dead store costs one deadline, not one per request,
 //!   and the first answer after it recovers ends the cool-off. [`FailMode::Closed`] returns
@@ -39,7 +41,7 @@
 //! use std::net::IpAddr;
 //! use std::time::Duration;
 //!
-//! use affinity_client::{AffinityClient, Source, gateway};
+//! use affinity_client::{AffinityClient, Resolve, Source, gateway};
 //!
 //! # async fn route(peer: IpAddr) -> Result<(), Box<dyn std::error::Error>> {
 //! // Once, at start (inside a Tokio runtime):
@@ -56,8 +58,10 @@
 //! let backend = match client.cached(scope, peer, &policy) {
 //!     Some(endpoint) if healthy.iter().any(|h| *h == *endpoint) => endpoint,
 //!     _ => {
-//!         let proposal = &healthy[0]; // what this replica would pick on its own
-//!         let decision = client.resolve(scope, peer, &policy, proposal, &healthy).await?;
+//!         // A new lease goes to the rendezvous pick over the healthy backends: the same
+//!         // pick every replica makes, with or without the store.
+//!         let call = Resolve::new(scope, peer, &policy).eligible(&healthy);
+//!         let decision = client.resolve(call).await?;
 //!         if decision.source == Source::Fallback {
 //!             // The store is away; every replica still picks the same backend.
 //!         }
@@ -75,6 +79,7 @@
 //! ## Layout
 //!
 //! - [`client`]: [`AffinityClient`], its [`Builder`], [`Decision`] and the cold path;
+//! - [`call`]: [`Resolve`], one call's arguments, and the endpoint it proposes;
 //! - `cache`: the lock-free lease cache;
 //! - `breaker`: when to stop waiting for a failing store;
 //! - `transport`: channels to every node, leader tracking, retries;
@@ -85,6 +90,7 @@
 
 mod breaker;
 mod cache;
+pub mod call;
 pub mod client;
 pub mod endpoint;
 pub mod error;
@@ -98,6 +104,7 @@ pub use affinity_proto::{
     ClientKey, Family, GatewayDuration, Masks, Policy, SessionPersistence, ValidationError, pb,
     request,
 };
+pub use call::Resolve;
 pub use client::{AffinityClient, Builder, Decision, FailMode, Source};
 pub use endpoint::Endpoint;
 pub use error::ClientError;

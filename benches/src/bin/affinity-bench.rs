@@ -21,6 +21,7 @@ use affinity_bench::load::run::{Limit, Mode, drive};
 use affinity_bench::load::spawn::{LocalCluster, find_affinityd, wait_leader};
 use affinity_bench::load::workload::{Keys, Workload, address, endpoint, policy, request};
 use affinity_bench::load::{plot, report, run::Measured};
+use affinity_client::Resolve;
 use affinity_proto::pb::affinity_client::AffinityClient as RawClient;
 use affinity_proto::{GatewayDuration, Policy, code_name};
 use clap::Parser;
@@ -238,7 +239,7 @@ async fn one_run(
         // Warm the cache: one resolve per key through the client (untimed).
         for key in 0..cli.keys {
             client
-                .resolve(&scope, address(key), &policy, &endpoint(key), &[])
+                .resolve(Resolve::new(&scope, address(key), &policy).proposed(&endpoint(key)))
                 .await
                 .map_err(|e| format!("warming the cache: {e}"))?;
         }
@@ -263,7 +264,7 @@ async fn one_run(
                     return Ok(());
                 }
                 client
-                    .resolve(&scope, ip, &policy, &endpoint(key), &[])
+                    .resolve(Resolve::new(&scope, ip, &policy).proposed(&endpoint(key)))
                     .await
                     .map(|_| ())
                     .map_err(|e| format!("client: {e}"))

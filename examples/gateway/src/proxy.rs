@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use affinity_client::{AffinityClient, Source};
+use affinity_client::{AffinityClient, Resolve, Source};
 use affinity_proto::ClientKey;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -176,14 +176,12 @@ impl Gateway {
             .iter()
             .filter_map(|&i| state.upstreams.get(i).map(|u| u.name.clone()))
             .collect();
-        let proposed = state
-            .upstreams
-            .get(pick)
-            .map(|u| u.name.as_str())
-            .unwrap_or_default();
+        // A new lease proposes the rendezvous pick over the healthy backends, which is
+        // also what every replica answers while the store is away: a client sent somewhere
+        // during an outage stays there once the store is back.
         let decision = self
             .client
-            .resolve(scope, ctx.ip, policy, proposed, &eligible)
+            .resolve(Resolve::new(scope, ctx.ip, policy).eligible(&eligible))
             .await
             .map_err(|e| {
                 tracing::warn!(%scope, client = %ctx.ip, error = %e, "no decision from the store");

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use affinity_client::{AffinityClient, FailMode, Masks, Policy};
+use affinity_client::{AffinityClient, FailMode, Masks, Policy, Resolve};
 use affinity_proto::pb;
 use affinity_proto::pb::affinity_client::AffinityClient as RawClient;
 use tokio::task::JoinHandle;
@@ -53,6 +53,9 @@ pub struct WorkloadOptions {
     /// Deadline of one call (the client crate's retries included; one attempt of a raw
     /// worker).
     pub request_timeout: Duration,
+    /// `max_staleness` of the cached clients: the checker allows a cache to answer a
+    /// lease the store removed for this long (plus a slack) after it was acknowledged.
+    pub cache_max_staleness: Duration,
 }
 
 impl Default for WorkloadOptions {
@@ -65,6 +68,7 @@ impl Default for WorkloadOptions {
             long_lease: Duration::from_secs(3600),
             short_lease: Duration::from_secs(3),
             request_timeout: Duration::from_secs(2),
+            cache_max_staleness: Duration::from_secs(5),
         }
     }
 }
@@ -223,7 +227,7 @@ pub async fn time_to_write(endpoints: &[String], bound: Duration) -> Option<Dura
         let ip = IpAddr::V4(Ipv4Addr::from(0x0a7f_0000 | (n & 0xffff)));
         let probe = format!("probe/{}", std::process::id());
         if client
-            .resolve(&probe, ip, &policy(Duration::from_secs(60)), "probe:1", &[])
+            .resolve(Resolve::new(&probe, ip, &policy(Duration::from_secs(60))).proposed("probe:1"))
             .await
             .is_ok()
         {

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
-use affinity_client::{AffinityClient, ClientError, Decision, FailMode, Source};
+use affinity_client::{AffinityClient, ClientError, Decision, FailMode, Resolve, Source};
 
 use super::history::{Answer, Call, Outcome, Request, Seen, Via};
 use super::mix::Memory;
@@ -30,7 +30,9 @@ pub(super) fn client(
         .request_timeout(options.request_timeout)
         .fail_mode(FailMode::Closed);
     let builder = if cache {
-        builder.watch(true)
+        builder
+            .watch(true)
+            .max_staleness(options.cache_max_staleness)
     } else {
         builder.cache_capacity(0).watch(false)
     };
@@ -89,7 +91,11 @@ async fn send(
     let policy = policy(lifetime);
     let answer = match request {
         Request::Resolve { proposed, eligible } => client
-            .resolve(scope, ip, &policy, proposed, eligible)
+            .resolve(
+                Resolve::new(scope, ip, &policy)
+                    .proposed(proposed)
+                    .eligible(eligible),
+            )
             .await
             .and_then(|d| decided(&d)),
         Request::Reassign { expected, endpoint } => client

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use affinity_client::{AffinityClient, ClientError, FailMode, Policy, Source};
+use affinity_client::{AffinityClient, ClientError, FailMode, Policy, Resolve, Source};
 use affinity_tests::{Cluster, ClusterOptions, wait};
 
 fn policy(timeout: Duration) -> Policy {
@@ -49,14 +49,13 @@ async fn two_replicas_share_one_decision_then_hit_their_caches() {
     watching(&a).await;
     watching(&b).await;
     let p = policy(Duration::from_secs(600));
-    let none: Vec<String> = vec![];
 
     let first = a
-        .resolve("ns/c/0", ip("203.0.113.7"), &p, "10.4.0.1:80", &none)
+        .resolve(Resolve::new("ns/c/0", ip("203.0.113.7"), &p).proposed("10.4.0.1:80"))
         .await
         .unwrap();
     let second = b
-        .resolve("ns/c/0", ip("203.0.113.99"), &p, "10.4.0.2:80", &none)
+        .resolve(Resolve::new("ns/c/0", ip("203.0.113.99"), &p).proposed("10.4.0.2:80"))
         .await
         .unwrap();
     assert_eq!(first.endpoint, "10.4.0.1:80");
@@ -83,7 +82,7 @@ async fn two_replicas_share_one_decision_then_hit_their_caches() {
 
     for (c, addr) in [(&a, "203.0.113.8"), (&b, "203.0.113.200")] {
         let again = c
-            .resolve("ns/c/0", ip(addr), &p, "10.4.0.3:80", &none)
+            .resolve(Resolve::new("ns/c/0", ip(addr), &p).proposed("10.4.0.3:80"))
             .await
             .unwrap();
         assert_eq!(again.source, Source::Cache);
@@ -93,11 +92,9 @@ async fn two_replicas_share_one_decision_then_hit_their_caches() {
     // A cached lease on an endpoint that is no longer eligible goes back to the store.
     let moved = a
         .resolve(
-            "ns/c/0",
-            ip("203.0.113.7"),
-            &p,
-            "10.4.0.2:80",
-            &["10.4.0.2:80".to_string()],
+            Resolve::new("ns/c/0", ip("203.0.113.7"), &p)
+                .proposed("10.4.0.2:80")
+                .eligible(&["10.4.0.2:80".to_string()]),
         )
         .await
         .unwrap();
@@ -118,11 +115,10 @@ async fn changes_by_one_replica_reach_the_others_cache_through_watch() {
     let b = client(&cluster, &[2, 3, 1]);
     watching(&b).await;
     let p = policy(Duration::from_secs(600));
-    let none: Vec<String> = vec![];
-    a.resolve("ns/w/0", ip("198.51.100.5"), &p, "10.4.0.1:80", &none)
+    a.resolve(Resolve::new("ns/w/0", ip("198.51.100.5"), &p).proposed("10.4.0.1:80"))
         .await
         .unwrap();
-    b.resolve("ns/w/0", ip("198.51.100.6"), &p, "10.4.0.9:80", &none)
+    b.resolve(Resolve::new("ns/w/0", ip("198.51.100.6"), &p).proposed("10.4.0.9:80"))
         .await
         .unwrap();
     assert_eq!(
@@ -168,7 +164,7 @@ async fn changes_by_one_replica_reach_the_others_cache_through_watch() {
     )
     .await;
     // A decision made elsewhere arrives too: b never asked for this prefix.
-    a.resolve("ns/w/0", ip("198.51.101.1"), &p, "10.4.0.3:80", &none)
+    a.resolve(Resolve::new("ns/w/0", ip("198.51.101.1"), &p).proposed("10.4.0.3:80"))
         .await
         .unwrap();
     wait::until(
@@ -186,7 +182,7 @@ async fn the_cache_stops_serving_at_expiry_minus_the_skew_margin() {
     watching(&c).await;
     let p = policy(Duration::from_secs(3));
     let decision = c
-        .resolve("ns/e/0", ip("192.0.2.1"), &p, "10.4.0.1:80", &[])
+        .resolve(Resolve::new("ns/e/0", ip("192.0.2.1"), &p).proposed("10.4.0.1:80"))
         .await
         .unwrap();
     assert!(c.cached("ns/e/0", ip("192.0.2.1"), &p).is_some());
@@ -217,11 +213,8 @@ async fn one_hundred_concurrent_misses_make_one_request() {
         let c = c.clone();
         calls.push(tokio::spawn(async move {
             c.resolve(
-                "ns/f/0",
-                ip(&format!("10.9.9.{i}")),
-                &p,
-                &format!("10.4.0.{i}:80"),
-                &[],
+                Resolve::new("ns/f/0", ip(&format!("10.9.9.{i}")), &p)
+                    .proposed(&format!("10.4.0.{i}:80")),
             )
             .await
         }));
@@ -255,7 +248,7 @@ async fn resolves_survive_the_leader_being_killed_and_hits_never_fail() {
     watching(&c).await;
     let p = policy(Duration::from_secs(600));
     let warm = c
-        .resolve("ns/k/0", ip("10.77.0.1"), &p, "10.4.0.1:80", &[])
+        .resolve(Resolve::new("ns/k/0", ip("10.77.0.1"), &p).proposed("10.4.0.1:80"))
         .await
         .unwrap();
 
@@ -267,11 +260,12 @@ async fn resolves_survive_the_leader_being_killed_and_hits_never_fail() {
                 let started = Instant::now();
                 let r = c
                     .resolve(
-                        "ns/k/1",
-                        ip(&format!("10.{}.{}.1", 100 + i / 200, i % 200)),
-                        &p,
-                        "10.4.0.5:80",
-                        &[],
+                        Resolve::new(
+                            "ns/k/1",
+                            ip(&format!("10.{}.{}.1", 100 + i / 200, i % 200)),
+                            &p,
+                        )
+                        .proposed("10.4.0.5:80"),
                     )
                     .await;
                 results.push((r, started.elapsed()));
@@ -321,7 +315,7 @@ async fn with_the_whole_store_down_replicas_fall_back_to_the_same_endpoint() {
     );
     let p = policy(Duration::from_secs(600));
     watching(&a).await;
-    a.resolve("ns/fb/0", ip("10.1.1.1"), &p, "b1:80", &[])
+    a.resolve(Resolve::new("ns/fb/0", ip("10.1.1.1"), &p).proposed("b1:80"))
         .await
         .unwrap();
     for id in 1..=3 {
@@ -335,7 +329,11 @@ async fn with_the_whole_store_down_replicas_fall_back_to_the_same_endpoint() {
         let addr = ip(&format!("10.2.{i}.9"));
         let started = Instant::now();
         let da = a
-            .resolve("ns/fb/0", addr, &p, "b1:80", &eligible)
+            .resolve(
+                Resolve::new("ns/fb/0", addr, &p)
+                    .proposed("b1:80")
+                    .eligible(&eligible),
+            )
             .await
             .unwrap();
         assert!(
@@ -344,7 +342,11 @@ async fn with_the_whole_store_down_replicas_fall_back_to_the_same_endpoint() {
             started.elapsed()
         );
         let db = b
-            .resolve("ns/fb/0", addr, &p, "b3:80", &eligible)
+            .resolve(
+                Resolve::new("ns/fb/0", addr, &p)
+                    .proposed("b3:80")
+                    .eligible(&eligible),
+            )
             .await
             .unwrap();
         assert_eq!(da.source, Source::Fallback);
@@ -357,7 +359,7 @@ async fn with_the_whole_store_down_replicas_fall_back_to_the_same_endpoint() {
     // The lease cached before the outage is still served from the cache, within the
     // client's max_staleness.
     let cached = a
-        .resolve("ns/fb/0", ip("10.1.1.2"), &p, "b2:80", &[])
+        .resolve(Resolve::new("ns/fb/0", ip("10.1.1.2"), &p).proposed("b2:80"))
         .await
         .unwrap();
     assert_eq!(
@@ -365,7 +367,11 @@ async fn with_the_whole_store_down_replicas_fall_back_to_the_same_endpoint() {
         (Source::Cache, "b1:80")
     );
     let err = closed
-        .resolve("ns/fb/0", ip("10.3.0.1"), &p, "b1:80", &eligible)
+        .resolve(
+            Resolve::new("ns/fb/0", ip("10.3.0.1"), &p)
+                .proposed("b1:80")
+                .eligible(&eligible),
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::Unavailable { .. }), "{err:?}");
@@ -384,7 +390,7 @@ async fn bad_input_is_refused_locally_with_the_field_named() {
     let c = client(&cluster, &[1]);
     let p = policy(Duration::from_secs(60));
     let err = c
-        .resolve("", ip("10.0.0.1"), &p, "a:80", &[])
+        .resolve(Resolve::new("", ip("10.0.0.1"), &p).proposed("a:80"))
         .await
         .unwrap_err();
     assert!(
@@ -392,7 +398,11 @@ async fn bad_input_is_refused_locally_with_the_field_named() {
         "{err:?}"
     );
     let err = c
-        .resolve("s", ip("10.0.0.1"), &p, "a:80", &["b:80".to_string()])
+        .resolve(
+            Resolve::new("s", ip("10.0.0.1"), &p)
+                .proposed("a:80")
+                .eligible(&["b:80".to_string()]),
+        )
         .await
         .unwrap_err();
     assert!(
@@ -413,10 +423,10 @@ async fn a_broken_watch_resumes_without_missing_a_change_or_dropping_the_cache()
     watching(&b).await;
     let p = policy(Duration::from_secs(600));
     for prefix in ["10.61.0.1", "10.62.0.1"] {
-        a.resolve("ns/r/0", ip(prefix), &p, "10.4.0.1:80", &[])
+        a.resolve(Resolve::new("ns/r/0", ip(prefix), &p).proposed("10.4.0.1:80"))
             .await
             .unwrap();
-        b.resolve("ns/r/0", ip(prefix), &p, "10.4.0.9:80", &[])
+        b.resolve(Resolve::new("ns/r/0", ip(prefix), &p).proposed("10.4.0.9:80"))
             .await
             .unwrap();
     }

@@ -14,6 +14,8 @@
 //! - `client_cache`: the client's cache never serves a changed decision: a watch broken
 //!   mid-replay, a miss whose callers were all cancelled.
 //! - `ctl`: every `affinityctl` command against a cluster.
+//! - `fail_open`: with the whole store down, replicas pick the same endpoints, and the
+//!   store keeps those picks once it is back.
 //! - `limits`: leases in total and per scope, watch streams and pending writes, each
 //!   refused clearly, counted, and with nothing written.
 //! - `robustness`: garbage and abusive HTTP/2 while a client is served with bounded
@@ -41,6 +43,7 @@ mod cluster_basics;
 mod cluster_faults;
 mod contract;
 mod ctl;
+mod fail_open;
 mod limits;
 mod peer_port;
 mod robustness;

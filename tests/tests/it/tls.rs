@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use affinity_client::{AffinityClient, ClientTls};
+use affinity_client::{AffinityClient, ClientTls, Resolve};
 use affinity_proto::Policy;
 use affinity_tests::requests::resolve;
 use affinity_tests::{Cluster, ClusterOptions, bins, wait};
@@ -125,11 +125,7 @@ async fn mutual_tls_on_clients_and_peers_with_rotation() {
     let policy = Policy::new(MINUTE).unwrap();
     let decision = client
         .resolve(
-            "ns/tls/1",
-            "10.8.0.1".parse().unwrap(),
-            &policy,
-            "10.9.0.2:80",
-            &[],
+            Resolve::new("ns/tls/1", "10.8.0.1".parse().unwrap(), &policy).proposed("10.9.0.2:80"),
         )
         .await
         .unwrap();
@@ -385,11 +381,11 @@ async fn roles_from_certificates_and_tokens() {
     let policy = Policy::new(MINUTE).unwrap();
     let ip = "10.5.0.1".parse().unwrap();
     client_with(Some(gw_token))
-        .resolve("ns/authz/1", ip, &policy, "10.9.0.1:80", &[])
+        .resolve(Resolve::new("ns/authz/1", ip, &policy).proposed("10.9.0.1:80"))
         .await
         .unwrap();
     let refused = client_with(None)
-        .resolve("ns/authz/1", ip, &policy, "10.9.0.1:80", &[])
+        .resolve(Resolve::new("ns/authz/1", ip, &policy).proposed("10.9.0.1:80"))
         .await
         .unwrap_err();
     assert!(
@@ -426,7 +422,7 @@ async fn roles_from_certificates_and_tokens() {
             let client = client_with(None);
             async move {
                 client
-                    .resolve("ns/authz/2", ip, &policy, "10.9.0.1:80", &[])
+                    .resolve(Resolve::new("ns/authz/2", ip, &policy).proposed("10.9.0.1:80"))
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string())
@@ -451,7 +447,7 @@ async fn roles_from_certificates_and_tokens() {
     );
     reloads_refused.await;
     client_with(None)
-        .resolve("ns/authz/3", ip, &policy, "10.9.0.1:80", &[])
+        .resolve(Resolve::new("ns/authz/3", ip, &policy).proposed("10.9.0.1:80"))
         .await
         .unwrap();
 }
