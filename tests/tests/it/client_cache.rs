@@ -1,11 +1,14 @@
 //! The client's cache never serves a decision the store has changed: a watch broken in the
 //! middle of a long replay resumes inside it, and a miss whose callers were all cancelled
-//! neither fails nor answers the next caller.
+//! neither fails nor answers the next caller; a follower cut off from its leader, or
+//! restarted and catching up, lets the cache go stale instead of serving old answers.
 
 use std::net::{IpAddr, TcpListener};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use affinity_client::{AffinityClient, FailMode, Policy, Source};
+use affinity_client::{AffinityClient, FailMode, Policy, Resolve, Source};
 use affinity_proto::pb;
 use affinity_tests::requests::resolve;
 use affinity_tests::{Cluster, ClusterOptions, wait};
@@ -104,7 +107,7 @@ async fn a_watch_broken_mid_replay_resumes_inside_it_and_applies_the_release() {
     )
     .await;
     watcher
-        .resolve(scope, released, &p, "10.7.0.9:80", &[])
+        .resolve(Resolve::new(scope, released, &p).proposed("10.7.0.9:80"))
         .await
         .unwrap();
     create_leases(&cluster, leader, scope, HISTORY).await;
@@ -207,7 +210,7 @@ async fn a_miss_whose_callers_were_all_cancelled_does_not_fail_the_next_caller()
     for _ in 0..3 {
         let cancelled = tokio::time::timeout(
             Duration::from_millis(50),
-            client.resolve("ns/cancel/0", who, &p, "10.7.0.1:80", &[]),
+            client.resolve(Resolve::new("ns/cancel/0", who, &p).proposed("10.7.0.1:80")),
         )
         .await;
         assert!(
@@ -218,7 +221,7 @@ async fn a_miss_whose_callers_were_all_cancelled_does_not_fail_the_next_caller()
     // What the next caller waits for: the cancelled request's deadline has passed.
     tokio::time::sleep(timeout + Duration::from_millis(100)).await;
     let next = client
-        .resolve("ns/cancel/0", who, &p, "10.7.0.1:80", &[])
+        .resolve(Resolve::new("ns/cancel/0", who, &p).proposed("10.7.0.1:80"))
         .await
         .expect("the next caller gets the store's answer");
     assert!(
@@ -317,7 +320,9 @@ async fn a_cache_fed_by_a_follower_cut_off_from_its_leader_goes_stale_within_the
     let (a, b) = (ip("10.252.0.1"), ip("10.252.1.1"));
     for (who, endpoint) in [(a, "10.7.0.1:80"), (b, "10.7.0.2:80")] {
         for c in [&only_cut, &every] {
-            c.resolve(scope, who, &p, endpoint, &[]).await.unwrap();
+            c.resolve(Resolve::new(scope, who, &p).proposed(endpoint))
+                .await
+                .unwrap();
             assert_eq!(c.cached(scope, who, &p).unwrap(), endpoint);
         }
     }
@@ -417,4 +422,134 @@ async fn a_starting_client_warms_its_cache_from_list_before_it_is_current() {
     )
     .await;
     assert_eq!(small.cache_len(), 1_000);
+}
+
+/// A client watching only one follower caches two leases; the follower is killed, and
+/// while it is down the leader releases one lease, moves the other and creates 50,000 more
+/// in that scope. The follower restarts and catches up through its log while the client
+/// resumes its watch there. Until the follower has applied what the leader committed, it
+/// is not in touch with the leader, so the client's cache is not current and serves
+/// neither changed lease; once it is, the client has every change and the new leases. At
+/// no time after the changes plus `max_staleness` does `cached()` answer a changed
+/// decision, and the cache is never current in the middle of the catch-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumed_on_a_restarted_follower_serves_nothing_old_while_it_catches_up() {
+    const HISTORY: u32 = 50_000;
+    let options = ClusterOptions {
+        // The follower catches up through the log, not a snapshot.
+        snapshot_threshold: 100_000,
+        logs_kept: 100_000,
+        ..ClusterOptions::default()
+    };
+    let mut cluster = Cluster::start("cache-restarted-follower", options).await;
+    let leader = cluster.wait_leader(&cluster.ids()).await;
+    let follower = cluster.ids().into_iter().find(|id| *id != leader).unwrap();
+    let staleness = Duration::from_secs(2);
+    let client = AffinityClient::builder()
+        .endpoints([cluster.addr(follower).to_string()])
+        .request_timeout(Duration::from_secs(3))
+        .max_staleness(staleness)
+        .watch_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    until(
+        "the client's cache is current",
+        Duration::from_secs(10),
+        || client.cache_is_current(),
+    )
+    .await;
+    let p = policy();
+    let scope = "ns/restarted/0";
+    let (released, moved) = (ip("10.251.0.1"), ip("10.251.1.1"));
+    for (who, endpoint) in [(released, "10.7.0.1:80"), (moved, "10.7.0.2:80")] {
+        client
+            .resolve(Resolve::new(scope, who, &p).proposed(endpoint))
+            .await
+            .unwrap();
+        assert_eq!(client.cached(scope, who, &p).unwrap(), endpoint);
+    }
+
+    cluster.kill(follower);
+    assert!(release(&cluster, leader, scope, released, &p).await);
+    let swapped = cluster
+        .client(leader)
+        .reassign(pb::ReassignRequest {
+            scope: scope.into(),
+            client_ip: moved.to_string(),
+            policy: Some(p.to_pb()),
+            expected_endpoint: "10.7.0.2:80".into(),
+            endpoint: "10.7.0.3:80".into(),
+            request_id: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .swapped;
+    assert!(swapped);
+    create_leases(&cluster, leader, scope, HISTORY).await;
+    let changed = tokio::time::Instant::now();
+
+    // Watch what the cache answers from now until the end, every 2 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (client, p, stop) = (client.clone(), p, stop.clone());
+        tokio::spawn(async move {
+            let mut late = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let old = [(released, "10.7.0.1:80"), (moved, "10.7.0.2:80")];
+                for (who, endpoint) in old {
+                    if client.cached(scope, who, &p).is_some_and(|e| e == endpoint)
+                        && changed.elapsed() > staleness
+                    {
+                        late.push(format!(
+                            "served {who} its old endpoint at {:?}",
+                            changed.elapsed()
+                        ));
+                    }
+                }
+                // Current in the middle of the catch-up would mean progress from a node
+                // that had not applied what its leader committed.
+                let current = client.cache_is_current();
+                let cached = client.cache_len();
+                if current && cached > 2 && cached <= HISTORY as usize {
+                    late.push(format!(
+                        "current with {cached} cached at {:?}",
+                        changed.elapsed()
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            late
+        })
+    };
+
+    cluster.spawn(follower);
+    wait::until(
+        "the restarted follower's watch brings every change",
+        Duration::from_secs(90),
+        || async {
+            let state = (
+                client.cache_is_current(),
+                client.cached(scope, released, &p),
+                client.cached(scope, moved, &p),
+                client.cache_len(),
+            );
+            match &state {
+                (true, None, Some(e), n) if e == "10.7.0.3:80" && *n == HISTORY as usize + 1 => {
+                    Ok(())
+                }
+                _ => Err(format!("{state:?}")),
+            }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let late = watcher.await.unwrap();
+    assert!(
+        late.is_empty(),
+        "the cache served a changed decision past max_staleness, or was current before the \
+         follower caught up: {late:?}"
+    );
+    let n = nth_ip(HISTORY - 1);
+    assert!(client.cached(scope, ip(&n), &p).is_some());
 }
