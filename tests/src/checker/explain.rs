@@ -33,6 +33,9 @@ pub enum Rule {
     Unexplained,
     /// A client cache answered with a lease that never was, or had ended.
     StaleCache,
+    /// A client cache answered with a lease longer than its `max_staleness` after the
+    /// store was known to have removed or replaced it.
+    CacheTooStale,
     /// No order explains the answers (none of the more specific rules applies).
     NotLinearizable,
     /// The search ran out of budget: neither passed nor failed.
@@ -53,6 +56,7 @@ impl fmt::Display for Rule {
             Rule::BadStamp => "bad stamp",
             Rule::Unexplained => "unexplained lease",
             Rule::StaleCache => "stale cache answer",
+            Rule::CacheTooStale => "cache past max_staleness",
             Rule::NotLinearizable => "not linearizable",
             Rule::Undecided => "undecided",
             Rule::Workload => "workload error",

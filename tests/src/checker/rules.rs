@@ -7,7 +7,12 @@
 //! - **two winners**: two leases of one key with the same stamps and different endpoints,
 //!   when no operation of the key could have ended the first at that moment;
 //! - **cached answers**: a lease from a client's cache must have been created by some call
-//!   and not have ended (by store time) when the call started.
+//!   and not have ended (by store time) when the call started;
+//! - **cache past its bound**: nor may a cache answer a lease longer than the client's
+//!   `max_staleness` (plus `STALENESS_SLACK_MS`) after an acknowledged call showed that the
+//!   store no longer held it (a newer lease of the key answered, or a Release, a Drain of
+//!   its endpoint, a swapping Reassign from it, or a read finding nothing, each begun
+//!   after the lease was created).
 //!
 //! (Applied twice, unexplained and unexpected writes are found while cataloguing, see
 //! `prepare`.)
@@ -16,9 +21,15 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use super::explain::Ctx;
-use super::model::{Act, KeyHistory, Op, ReassignResult, ResolveResult};
+use super::model::{Act, KeyHistory, Op, Origin, ReassignResult, ResolveResult};
 use super::prepare::{Cached, Fate, key_name};
 use super::{Rule, Violation};
+
+/// What the bound on a cache's staleness allows beyond `max_staleness`: a node reports
+/// itself in touch with the leader for up to one minimum election timeout (0.4 s by
+/// default) after it last heard it, and the change and the progress take their time
+/// through a loaded machine.
+pub(crate) const STALENESS_SLACK_MS: i64 = 2_000;
 
 /// Every check of this module on `h`.
 pub(crate) fn check_key(ctx: &Ctx<'_>, h: &KeyHistory, out: &mut Vec<Violation>) {
@@ -191,6 +202,29 @@ pub(crate) fn check_cached(
         } else {
             None
         };
+        if why.is_none()
+            && let Some((op, at)) = gone_since(h, c.lease)
+        {
+            let max_staleness =
+                i64::try_from(ctx.workload.cache_max_staleness.as_millis()).unwrap_or(i64::MAX);
+            let bound = max_staleness
+                .saturating_add(STALENESS_SLACK_MS)
+                .saturating_add(ctx.tolerance_ms);
+            let late = first.invoke_ms - at;
+            if late > bound {
+                out.push(Violation::new(
+                    Rule::CacheTooStale,
+                    Some(key_name(c.key, ctx.workload)),
+                    format!(
+                        "{}\n  answered from the cache with {}, {late} ms after {} showed the \
+                         store no longer held it (bound {bound} ms: max_staleness and slack)",
+                        ctx.call_line(c.call),
+                        ctx.lease(h, c.lease),
+                        describe(ctx, &h.ops[op]),
+                    ),
+                ));
+            }
+        }
         if let Some(why) = why {
             out.push(Violation::new(
                 Rule::StaleCache,
@@ -202,5 +236,57 @@ pub(crate) fn check_cached(
                 ),
             ));
         }
+    }
+}
+
+/// The first acknowledged operation of `h` that shows lease `l` gone from the store, and
+/// when it responded (host clock): one that began after `l` was created and removed
+/// whatever lease was live (Release, a read finding none), `l` in particular (a Drain of
+/// its endpoint, a Reassign from it that swapped), or that answered a lease of the key
+/// created after `l`.
+fn gone_since(h: &KeyHistory, l: u32) -> Option<(usize, i64)> {
+    let lease = &h.leases[l as usize];
+    let newer = |other: u32| other != l && h.leases[other as usize].created > lease.created;
+    h.ops
+        .iter()
+        .enumerate()
+        .filter(|(_, op)| op.response != i64::MAX)
+        .filter(|(_, op)| {
+            let after = op.lo > lease.created;
+            match &op.act {
+                Act::Resolve {
+                    result:
+                        ResolveResult::Created(other)
+                        | ResolveResult::Replaced(other)
+                        | ResolveResult::Kept(other),
+                    ..
+                }
+                | Act::Reassign {
+                    result: ReassignResult::Kept(Some(other)),
+                    ..
+                }
+                | Act::Read(Some(other)) => newer(*other),
+                Act::Reassign {
+                    expected,
+                    result: ReassignResult::Swapped(other),
+                    ..
+                } => newer(*other) || (after && *expected == lease.endpoint),
+                Act::Release(Some(_)) | Act::Read(None) => after,
+                Act::Drain {
+                    endpoint,
+                    removed: Some(_),
+                } => after && *endpoint == lease.endpoint,
+                _ => false,
+            }
+        })
+        .map(|(i, op)| (i, op.response))
+        .min_by_key(|(_, at)| *at)
+}
+
+/// One operation, for a report.
+fn describe(ctx: &Ctx<'_>, op: &Op) -> String {
+    match op.origin {
+        Origin::Call(c) => ctx.call_line(c),
+        Origin::FinalList => "the final List".to_string(),
     }
 }

@@ -12,13 +12,7 @@ fn a_lookup_after_an_acknowledged_release_is_a_stale_read() {
     let mut h = Builder::default();
     let a = lease(LONG, "a", 1_001);
     h.resolve(LONG, "a", (1_000, 1_003), created(a.clone()));
-    h.call(
-        0,
-        LONG,
-        Request::Release,
-        (2_000, 2_003),
-        Outcome::Ok(Answer::Released(true)),
-    );
+    h.release(LONG, (2_000, 2_003));
     h.lookup(LONG, (3_000, 3_002), Some(a));
     let report = h.fails_with(Rule::StaleRead);
     // The report names the key and shows the operations around the conflict.
@@ -34,13 +28,7 @@ fn a_resolve_keeping_a_released_lease_is_a_stale_read() {
     let mut h = Builder::default();
     let a = lease(LONG, "a", 1_001);
     h.resolve(LONG, "a", (1_000, 1_003), created(a.clone()));
-    h.call(
-        0,
-        LONG,
-        Request::Release,
-        (2_000, 2_003),
-        Outcome::Ok(Answer::Released(true)),
-    );
+    h.release(LONG, (2_000, 2_003));
     h.resolve(LONG, "b", (3_000, 3_002), kept(a));
     h.fails_with(Rule::StaleRead);
 }
@@ -252,19 +240,86 @@ fn a_cached_answer_after_the_lease_ended_is_stale() {
     let mut h = Builder::default();
     let a = lease(SHORT, "a", 1_001);
     h.resolve(SHORT, "a", (1_000, 1_003), created(a.clone()));
+    from_cache(&mut h, SHORT, a, 12_000);
+    h.fails_with(Rule::StaleCache);
+}
+
+/// A cached answer of `lease` (its creation stamp unknown, as the client crate gives it)
+/// by worker 5 at `at`.
+fn from_cache(h: &mut Builder, k: usize, mut lease: Seen, at: i64) {
+    lease.created_at_ms = None;
     h.call(
         5,
-        SHORT,
+        k,
         resolve("c", &[]),
-        (12_000, 12_000),
+        (at, at),
         Outcome::Ok(Answer::Resolved {
-            lease: a,
+            lease,
             created: false,
             replaced: false,
             cached: true,
         }),
     );
-    h.fails_with(Rule::StaleCache);
+}
+
+/// The workload's `max_staleness` (5 s) and the checker's slack (2 s).
+const BOUND: i64 = 7_000;
+
+#[test]
+fn a_cached_answer_long_after_an_acknowledged_release_is_too_stale() {
+    let mut h = Builder::default();
+    let a = lease(LONG, "a", 1_001);
+    h.resolve(LONG, "a", (1_000, 1_003), created(a.clone()));
+    h.release(LONG, (2_000, 2_003));
+    from_cache(&mut h, LONG, a, 2_003 + BOUND + 100);
+    let report = h.fails_with(Rule::CacheTooStale);
+    assert!(
+        report.contains("showed the store no longer held it"),
+        "{report}"
+    );
+}
+
+#[test]
+fn a_cached_answer_long_after_a_newer_lease_was_answered_is_too_stale() {
+    let mut h = Builder::default();
+    let a = lease(LONG, "a", 1_001);
+    h.resolve(LONG, "a", (1_000, 1_003), created(a.clone()));
+    // Moved to b by a Reassign elsewhere; a reader sees b.
+    let b = lease(LONG, "b", 2_001);
+    h.call(
+        1,
+        LONG,
+        Request::Reassign {
+            expected: "a".into(),
+            endpoint: "b".into(),
+        },
+        (2_000, 2_004),
+        Outcome::Ok(Answer::Reassigned {
+            lease: Some(b.clone()),
+            swapped: true,
+        }),
+    );
+    h.lookup(LONG, (2_500, 2_502), Some(b));
+    from_cache(&mut h, LONG, a, 2_004 + BOUND + 100);
+    h.fails_with(Rule::CacheTooStale);
+}
+
+#[test]
+fn a_drain_of_another_endpoint_says_nothing_about_the_cached_lease() {
+    let mut h = Builder::default();
+    let a = lease(LONG, "a", 1_001);
+    h.resolve(LONG, "a", (1_000, 1_003), created(a.clone()));
+    h.call(
+        0,
+        LONG,
+        Request::Drain {
+            endpoint: "z".into(),
+        },
+        (2_000, 2_003),
+        Outcome::Ok(Answer::Drained(0)),
+    );
+    from_cache(&mut h, LONG, a, 2_003 + BOUND + 100);
+    h.passes();
 }
 
 // ---- accepted ----
@@ -373,13 +428,7 @@ fn expiry_then_re_creation_passes() {
 #[test]
 fn a_phantom_explains_a_release_of_a_lease_nobody_saw() {
     let mut h = Builder::default();
-    h.call(
-        0,
-        LONG,
-        Request::Release,
-        (5_000, 5_003),
-        Outcome::Ok(Answer::Released(true)),
-    );
+    h.release(LONG, (5_000, 5_003));
     h.lookup(LONG, (6_000, 6_002), None);
     h.listed((50_000, 50_010), &[]);
     // Nothing could have been released...
@@ -474,28 +523,10 @@ fn a_cached_answer_of_a_live_lease_passes_and_is_counted_apart() {
     let mut h = Builder::default();
     let a = lease(SHORT, "a", 1_001);
     h.resolve(SHORT, "a", (1_000, 1_003), created(a.clone()));
-    // The cache still answers after a Release: by design, not a violation (yet).
-    h.call(
-        0,
-        SHORT,
-        Request::Release,
-        (2_000, 2_003),
-        Outcome::Ok(Answer::Released(true)),
-    );
-    let mut from_cache = a;
-    from_cache.created_at_ms = None;
-    h.call(
-        5,
-        SHORT,
-        resolve("c", &[]),
-        (3_000, 3_000),
-        Outcome::Ok(Answer::Resolved {
-            lease: from_cache,
-            created: false,
-            replaced: false,
-            cached: true,
-        }),
-    );
+    // The cache still answers 1 s after a Release: within its max_staleness, not a
+    // violation.
+    h.release(SHORT, (2_000, 2_003));
+    from_cache(&mut h, SHORT, a, 3_000);
     let checked = h.passes();
     assert_eq!(checked.summary.cached, 1);
     assert_eq!(checked.summary.checked.get("Resolve"), Some(&1));

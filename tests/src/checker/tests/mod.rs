@@ -81,6 +81,17 @@ impl Builder {
         self.call(0, k, resolve(proposed, &[]), at, Outcome::Ok(answer))
     }
 
+    /// An acknowledged Release by worker 0 that found a live lease.
+    pub(super) fn release(&mut self, k: usize, at: (i64, i64)) -> &mut Call {
+        self.call(
+            0,
+            k,
+            Request::Release,
+            at,
+            Outcome::Ok(Answer::Released(true)),
+        )
+    }
+
     pub(super) fn lookup(&mut self, k: usize, at: (i64, i64), seen: Option<Seen>) -> &mut Call {
         self.call(1, k, Request::Lookup, at, Outcome::Ok(Answer::Looked(seen)))
     }
