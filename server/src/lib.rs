@@ -18,6 +18,10 @@
 //!   group-commit thread that really fsyncs ([`store::durable`]); snapshots as files with
 //!   a pointer record in sled; the openraft state machine over the lease table
 //!   ([`store::StateMachineStore`]). A data-version record guards the on-disk format.
+//! - [`wal`]: a write-ahead log made for the Raft log (segment files of checksummed
+//!   frames, group commit, purge by whole segments, torn tails cut, damage refused),
+//!   behind a file-layer trait that crash tests replace with a simulated disk. Not yet
+//!   the Raft log's home: the log is still in sled until the store moves onto it.
 //! - [`clock`]: wall-clock time, read only to stamp proposals and to judge expiry on reads.
 //! - [`node`]: a running node (Raft plus storage) and the operations the services offer;
 //!   [`join`]: how a node becomes a member (static peers, or joining by ordinal);
@@ -49,3 +53,4 @@ pub mod server;
 pub mod sm;
 pub mod store;
 pub mod tls;
+pub mod wal;

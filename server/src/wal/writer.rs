@@ -1,0 +1,192 @@
+//! The writer thread: everything queued becomes one frame, written and synced once, then
+//! every callback of the batch runs; entries learn where they are on disk, the cache of
+//! written entries is trimmed to its budget, and a durable purge deletes the oldest
+//! segments it covers.
+
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::frame::{self, Item};
+use super::fs::{SegmentFile, Storage};
+use super::{Segment, Shared, Slot, segment_name};
+
+/// The writer thread: one frame and one sync per batch of queued items.
+pub(super) fn write_loop<S: Storage>(shared: &Shared<S>) {
+    loop {
+        let (items, done, stop) = {
+            let mut q = shared.queue.lock();
+            while q.items.is_empty() && q.done.is_empty() && !q.stop {
+                shared.wake.wait(&mut q);
+            }
+            (
+                std::mem::take(&mut q.items),
+                std::mem::take(&mut q.done),
+                q.stop,
+            )
+        };
+        let result = if items.is_empty() {
+            shared.state.lock().failed.clone().map_or(Ok(()), Err)
+        } else {
+            write_batch(shared, items)
+        };
+        for d in done {
+            d(result.clone().map_err(io::Error::other));
+        }
+        if stop {
+            let q = shared.queue.lock();
+            if q.items.is_empty() && q.done.is_empty() {
+                return;
+            }
+        }
+    }
+}
+
+/// Write `items` as one frame, sync, and record where the entries went. After a failure
+/// the log stays failed.
+fn write_batch<S: Storage>(shared: &Shared<S>, items: Vec<Item>) -> Result<(), String> {
+    let purge = items.iter().rev().find_map(|i| match i {
+        Item::Purge(upto, _) => Some(*upto),
+        _ => None,
+    });
+    let result = write_frame(shared, items);
+    let mut state = shared.state.lock();
+    if let Some(failed) = &state.failed {
+        return Err(failed.clone());
+    }
+    if let Err(e) = result {
+        let message = format!("the Raft log could not be written, and stays failed: {e}");
+        state.failed = Some(message.clone());
+        return Err(message);
+    }
+    if let Some(upto) = purge {
+        let tail = state.tail.0;
+        // Oldest first, and only a prefix: a later segment may hold the truncation that
+        // keeps an older one's entries from coming back at replay.
+        let gone: Vec<u64> = state
+            .segments
+            .iter()
+            .take_while(|(seq, s)| **seq < tail && s.max_index <= upto)
+            .map(|(seq, _)| *seq)
+            .collect();
+        let mut names = Vec::new();
+        for seq in gone {
+            if let Some(s) = state.segments.remove(&seq) {
+                names.push(s.name);
+            }
+        }
+        drop(state);
+        for name in names {
+            match shared.storage.remove(&name) {
+                Ok(()) => {
+                    shared
+                        .stats
+                        .segments_deleted
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    tracing::warn!(file = %shared.storage.describe(&name), error = %e, "could not delete a purged log segment");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn write_frame<S: Storage>(shared: &Shared<S>, items: Vec<Item>) -> io::Result<()> {
+    let (mut seq, mut offset, file, restated) = {
+        let state = shared.state.lock();
+        let (seq, offset) = state.tail;
+        let file = state.segments.get(&seq).map(|s| s.file.clone());
+        (seq, offset, file, state.written.restated())
+    };
+    let records: Vec<Arc<[u8]>> = items
+        .iter()
+        .filter_map(|i| match i {
+            Item::Entry(_, record) => Some(record.clone()),
+            _ => None,
+        })
+        .collect();
+    let markers: Vec<Item> = items
+        .iter()
+        .filter(|i| !matches!(i, Item::Entry(..) | Item::Truncate(_)))
+        .cloned()
+        .collect();
+    let (mut bytes, mut places) = frame::encode(&items)?;
+    let fits = offset + bytes.len() as u64 <= shared.options.segment_size;
+    let file = match file {
+        Some(file) if fits && offset > 0 => file,
+        existing => {
+            // The first frame of a segment restates the log's state.
+            let mut first = restated;
+            first.extend(items);
+            (bytes, places) = frame::encode(&first)?;
+            match existing {
+                Some(file) if offset == 0 => file,
+                _ => {
+                    // Roll to a new segment.
+                    seq += 1;
+                    offset = 0;
+                    let name = segment_name(seq);
+                    let size = shared.options.segment_size.max(bytes.len() as u64);
+                    let file = Arc::new(shared.storage.create(&name, size)?);
+                    let mut state = shared.state.lock();
+                    state.segments.insert(
+                        seq,
+                        Segment {
+                            name,
+                            file: file.clone(),
+                            max_index: 0,
+                        },
+                    );
+                    state.tail = (seq, 0);
+                    file
+                }
+            }
+        }
+    };
+    file.write_at(&bytes, offset)?;
+    file.sync()?;
+    shared.stats.syncs.fetch_add(1, Ordering::Relaxed);
+    shared
+        .stats
+        .bytes
+        .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+
+    let mut state = shared.state.lock();
+    state.tail = (seq, offset + bytes.len() as u64);
+    state.written.follow(&markers);
+    let mut max_index = 0;
+    for ((index, at, len), record) in places.into_iter().zip(records) {
+        max_index = max_index.max(index);
+        if let Some(slot) = state.entries.get_mut(&index)
+            && let Slot::Pending(pending) = slot
+            && Arc::ptr_eq(pending, &record)
+        {
+            *slot = Slot::Disk {
+                seg: seq,
+                at: offset + u64::from(at),
+                len,
+                cached: Some(record.clone()),
+            };
+            state.cached_bytes += record.len();
+            state.cached.push_back((index, record));
+        }
+    }
+    if let Some(s) = state.segments.get_mut(&seq) {
+        s.max_index = s.max_index.max(max_index);
+    }
+    let budget = shared.options.cache_bytes;
+    while state.cached_bytes > budget {
+        let Some((index, record)) = state.cached.pop_front() else {
+            break;
+        };
+        state.cached_bytes = state.cached_bytes.saturating_sub(record.len());
+        if let Some(Slot::Disk { cached, .. }) = state.entries.get_mut(&index)
+            && cached.as_ref().is_some_and(|c| Arc::ptr_eq(c, &record))
+        {
+            *cached = None;
+        }
+    }
+    Ok(())
+}
