@@ -7,21 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-use affinity_bench::resolve_command;
-use affinity_server::raft::{Entry, LogId, TypeConfig};
+use affinity_bench::append_round;
 use affinity_server::store::{self, StoreOptions, SyncMode};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use openraft::EntryPayload;
-use openraft::storage::{IOFlushed, RaftLogStorage};
-use openraft::type_config::TypeConfigExt;
-
-fn entry(index: u64) -> Entry {
-    let n = u32::try_from(index % u64::from(u32::MAX)).unwrap_or(0);
-    Entry {
-        log_id: LogId::new_term_index(1, index),
-        payload: EntryPayload::Normal(resolve_command("ns/route/0", n, 1_000, "10.4.0.1:8080")),
-    }
-}
 
 /// `rounds` times: issue `in_flight` appends of `batch` entries each, then wait for all.
 async fn run(
@@ -33,23 +21,9 @@ async fn run(
 ) -> Duration {
     let started = Instant::now();
     for _ in 0..rounds {
-        let mut waiters = Vec::with_capacity(in_flight);
-        for _ in 0..in_flight {
-            let entries: Vec<Entry> = (0..batch)
-                .map(|_| {
-                    *next += 1;
-                    entry(*next)
-                })
-                .collect();
-            let (tx, rx) = TypeConfig::oneshot();
-            log.append(entries, IOFlushed::signal(tx))
-                .await
-                .expect("append");
-            waiters.push(rx);
-        }
-        for rx in waiters {
-            rx.await.expect("callback").expect("durable");
-        }
+        append_round(log, next, in_flight, batch)
+            .await
+            .expect("durable");
     }
     started.elapsed()
 }
