@@ -1,6 +1,6 @@
-//! What durability costs: a log append acknowledged after sled's own flush
-//! (`sync_file_range`) versus after a real `fdatasync`, for single entries, batches, and
-//! many appends in flight at once (group commit). Runs on real disk in a temporary folder.
+//! What a durable log append costs through the store's log (the write-ahead log, one
+//! `fdatasync` per group commit), for single entries, batches, and many appends in flight
+//! at once. Runs on real disk in a temporary folder.
 
 // A benchmark that cannot set up should stop loudly.
 #![allow(clippy::expect_used)]
@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use affinity_bench::append_round;
-use affinity_server::store::{self, StoreOptions, SyncMode};
+use affinity_server::store::{self, StoreOptions};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 /// `rounds` times: issue `in_flight` appends of `batch` entries each, then wait for all.
@@ -38,18 +38,12 @@ fn log_append(c: &mut Criterion) {
     group
         .sample_size(20)
         .measurement_time(Duration::from_secs(4));
-    for (mode_name, mode) in [
-        ("fsync", SyncMode::Fsync),
-        ("sled_flush_only", SyncMode::SledFlushOnly),
-    ] {
+    {
+        let mode_name = "fsync";
         for (shape, in_flight, batch) in [("1x1", 1usize, 1usize), ("1x64", 1, 64), ("16x1", 16, 1)]
         {
             let dir = tempfile::tempdir().expect("tempdir");
-            let options = StoreOptions {
-                sync: mode,
-                ..StoreOptions::default()
-            };
-            let storage = store::open(dir.path(), &options).expect("open");
+            let storage = store::open(dir.path(), &StoreOptions::default()).expect("open");
             let mut log = storage.log.clone();
             let mut next = 0u64;
             group.throughput(Throughput::Elements((in_flight * batch) as u64));
@@ -58,7 +52,7 @@ fn log_append(c: &mut Criterion) {
                     rt.block_on(run(&mut log, &mut next, rounds, in_flight, batch))
                 });
             });
-            let stats = storage.flusher.stats();
+            let stats = storage.log.wal().stats();
             let syncs = stats.syncs.load(std::sync::atomic::Ordering::Relaxed);
             let requests = stats.requests.load(std::sync::atomic::Ordering::Relaxed);
             let tenths = requests * 10 / syncs.max(1);

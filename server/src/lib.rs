@@ -14,14 +14,15 @@
 //! - [`raft`]: the openraft type configuration ([`raft::TypeConfig`]) and the one place
 //!   that converts openraft's log entries, votes and memberships to and from their
 //!   protobuf records ([`raft::codec`]), shared by storage and peer traffic.
-//! - [`store`]: durable storage. The Raft log and vote in sled, made durable by a
-//!   group-commit thread that really fsyncs ([`store::durable`]); snapshots as files with
-//!   a pointer record in sled; the openraft state machine over the lease table
-//!   ([`store::StateMachineStore`]). A data-version record guards the on-disk format.
-//! - [`wal`]: a write-ahead log made for the Raft log (segment files of checksummed
+//! - [`store`]: durable storage. The Raft log, vote and commit points on the write-ahead
+//!   log ([`store::LogStore`]); the node's metadata in sled, made durable by a thread
+//!   that really fsyncs ([`store::durable`]); snapshots as files with a pointer record in
+//!   sled; the openraft state machine over the lease table ([`store::StateMachineStore`]).
+//!   A data-version record guards the on-disk format, and older layouts are converted in
+//!   place ([`store::upgrade`]).
+//! - [`wal`]: the write-ahead log under the Raft log (segment files of checksummed
 //!   frames, group commit, purge by whole segments, torn tails cut, damage refused),
-//!   behind a file-layer trait that crash tests replace with a simulated disk. Not yet
-//!   the Raft log's home: the log is still in sled until the store moves onto it.
+//!   behind a file-layer trait that crash tests replace with a simulated disk.
 //! - [`clock`]: wall-clock time, read only to stamp proposals and to judge expiry on reads.
 //! - [`node`]: a running node (Raft plus storage) and the operations the services offer;
 //!   [`join`]: how a node becomes a member (static peers, or joining by ordinal);

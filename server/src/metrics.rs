@@ -318,18 +318,37 @@ impl prometheus_client::collector::Collector for NodeCollector {
             "Open Watch streams on this node",
             signed(node.state().subscriber_count() as u64),
         )?;
-        let flush = node.flush_stats();
+        let wal = node.log().wal();
+        let flush = wal.stats();
         counter(
             &mut e,
             "affinity_storage_syncs",
-            "Durable syncs of the log (sled flush + fdatasync)",
+            "Frames written to the Raft log, each with one fdatasync",
             flush.syncs.load(Ordering::Relaxed),
         )?;
         counter(
             &mut e,
             "affinity_storage_sync_requests",
-            "Log writes acknowledged by those syncs",
+            "Log writes (appends, votes, waits) completed by those syncs",
             flush.requests.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut e,
+            "affinity_log_bytes_written",
+            "Bytes written to the Raft log's segment files",
+            flush.bytes.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            &mut e,
+            "affinity_log_segments",
+            "Segment files the Raft log holds",
+            signed(wal.segments() as u64),
+        )?;
+        counter(
+            &mut e,
+            "affinity_log_segments_deleted",
+            "Raft log segment files deleted after a purge",
+            flush.segments_deleted.load(Ordering::Relaxed),
         )?;
         let batches = node.batch_stats();
         counter(
@@ -371,7 +390,7 @@ impl prometheus_client::collector::Collector for NodeCollector {
         let metric = ConstCounter::new(Duration::from_micros(micros).as_secs_f64());
         let enc = e.encode_descriptor(
             "affinity_storage_sync_seconds",
-            "Time spent syncing the log",
+            "Time spent writing and syncing Raft log frames",
             None,
             metric.metric_type(),
         )?;

@@ -166,6 +166,7 @@ pub struct Node {
     raft: Raft,
     state: StateMachineStore,
     flusher: store::Flusher,
+    log: store::LogStore,
     proposal_timeout: Duration,
     /// How long a quorum's acknowledgement keeps a leader's authority (openraft's leader
     /// lease: the maximum election timeout).
@@ -312,6 +313,7 @@ impl Node {
             raft,
             state: storage.state.clone(),
             flusher: storage.flusher.clone(),
+            log: storage.log.clone(),
             proposal_timeout: config.proposal_timeout,
             leader_lease,
             in_touch_window,
@@ -495,9 +497,9 @@ impl Node {
         &self.state
     }
 
-    /// Counters of the log's sync thread.
-    pub fn flush_stats(&self) -> &store::FlushStats {
-        self.flusher.stats()
+    /// The Raft log store (its durable index, and its write-ahead log's counters).
+    pub fn log(&self) -> &store::LogStore {
+        &self.log
     }
 
     /// The node's own time limit for one operation, from now.
@@ -985,10 +987,15 @@ impl Node {
         if let Err(e) = self.raft.shutdown().await {
             tracing::error!(error = %e, "raft did not stop cleanly");
         }
-        // Raft's tasks, which held the stores, have ended: sync what is pending and release
-        // the database.
+        // Raft's tasks, which held the stores, have ended: write what is pending, stop the
+        // log's writer and release the database.
         let flusher = self.flusher.clone();
-        let _ = tokio::task::spawn_blocking(move || flusher.close()).await;
+        let log = self.log.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            log.close();
+            flusher.close();
+        })
+        .await;
     }
 }
 

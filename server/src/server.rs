@@ -460,10 +460,7 @@ async fn mark_applied(node: Arc<Node>, dir: std::path::PathBuf, stopping: Cancel
             _ = tick.tick() => false,
         };
         let applied = node.state().last_applied().map_or(0, |id| id.index());
-        let durable = node
-            .flush_stats()
-            .durable_index
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let durable = node.log().durable_index();
         let reach = applied.min(durable);
         if reach > marked {
             let dir = dir.clone();

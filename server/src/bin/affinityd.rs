@@ -45,7 +45,8 @@ enum Command {
     /// Run a local cluster of several nodes in this one process, for trying affinity out.
     Dev(DevArgs),
     /// Check the settings (flags, environment, --config) without starting, and print them
-    /// as the node would use them (JSON). Exits 2 naming the first wrong setting.
+    /// as the node would use them (JSON), with what the data directory's Raft log holds.
+    /// Exits 2 naming the first wrong setting, or the file and byte where the log is damaged.
     Check,
     /// Disaster recovery: write what this (stopped) node's data directory holds to a
     /// snapshot file, which `affinityctl restore` puts into a new cluster.
@@ -159,6 +160,9 @@ struct NodeArgs {
     /// Recent events kept so that a broken Watch can resume. [default: 65536]
     #[arg(long, global = true, env = "AFFINITY_WATCH_HISTORY")]
     watch_history: Option<usize>,
+    /// Size of each Raft log segment file, in MiB (preallocated; 1 to 1024). [default: 64]
+    #[arg(long, global = true, env = "AFFINITY_RAFT_LOG_SEGMENT_MIB")]
+    raft_log_segment_mib: Option<u64>,
     /// Leases held before a Resolve that would create one more is refused
     /// (RESOURCE_EXHAUSTED). [default: 10000000]
     #[arg(long, global = true, env = "AFFINITY_MAX_LEASES")]
@@ -240,6 +244,7 @@ struct FileArgs {
     shutdown_grace: Option<GatewayDuration>,
     watch_buffer: Option<usize>,
     watch_history: Option<usize>,
+    raft_log_segment_mib: Option<u64>,
     max_leases: Option<u64>,
     max_leases_per_scope: Option<u64>,
     max_pending_writes: Option<usize>,
@@ -355,6 +360,14 @@ fn layer(args: NodeArgs) -> Result<Settings, String> {
         .watch_history
         .or(file.watch_history)
         .unwrap_or(config.storage.watch_history);
+    if let Some(mib) = args.raft_log_segment_mib.or(file.raft_log_segment_mib) {
+        if !(1..=1024).contains(&mib) {
+            return Err(format!(
+                "invalid raft-log-segment-mib: {mib} is not between 1 and 1024"
+            ));
+        }
+        config.storage.log_segment_bytes = mib << 20;
+    }
     config.storage.watch_buffer = args
         .watch_buffer
         .or(file.watch_buffer)
@@ -584,14 +597,17 @@ fn check(settings: &Settings) -> Result<serde_json::Value, String> {
         .resolve_advertise(bound, peer_bound)
         .map_err(|e| e.to_string())?;
     config.openraft().map_err(|e| e.to_string())?;
+    let raft_log = check_log(&config.data_dir)?;
     Ok(serde_json::json!({
         "node_id": config.node_id,
+        "raft_log": raft_log,
         "listen": settings.listen,
         "advertise": me.addr,
         "peer_listen": settings.peer_listen,
         "peer_advertise": me.peer_addr,
         "metrics_listen": settings.metrics_listen,
         "data_dir": config.data_dir,
+        "raft_log_segment_mib": config.storage.log_segment_bytes >> 20,
         "peers": config.peers.iter().map(|(id, n)| (id.to_string(), n.to_string())).collect::<BTreeMap<_, _>>(),
         "join": config.join,
         "raft_heartbeat_ms": config.raft.heartbeat.as_millis(),
@@ -615,6 +631,28 @@ fn check(settings: &Settings) -> Result<serde_json::Value, String> {
             "reload_interval_ms": t.reload_interval.as_millis(),
         })),
         "authz": config.authz,
+    }))
+}
+
+/// What the data directory's Raft log holds, read without changing anything: the damage a
+/// start would refuse is an error here too.
+fn check_log(data_dir: &Path) -> Result<serde_json::Value, String> {
+    use affinity_server::store;
+    if !data_dir.join(store::WAL_DIR).exists() {
+        let what = if data_dir.join("raft").exists() {
+            "data version 1: converted to the current layout at the next start"
+        } else {
+            "none yet: created at the first start"
+        };
+        return Ok(serde_json::json!(what));
+    }
+    let found = store::check_log(data_dir).map_err(|e| e.to_string())?;
+    Ok(serde_json::json!({
+        "segments": found.segments,
+        "entries": found.entries,
+        "torn_tail": found.torn.map(|(file, offset)| format!(
+            "{file} at byte {offset} (never acknowledged; cut off at the next start)"
+        )),
     }))
 }
 

@@ -1,19 +1,18 @@
-//! Group commit: one thread makes sled's writes durable and tells every waiter at once.
+//! Durable sled: one thread makes the node's metadata writes (the store info and the
+//! current-snapshot pointer) durable and tells every waiter at once. The Raft log itself is
+//! in the write-ahead log ([`crate::wal`]); sled holds only these small, rarely written
+//! records.
 //!
 //! sled 0.34's `flush()` writes its buffers and calls `sync_file_range` on Linux (sled issue
 //! #1452): the data reaches the device queue but neither the file's metadata nor the
 //! device's volatile cache is flushed, so a power loss can still lose it. After each
 //! `flush()` this module therefore calls `fdatasync` on sled's data file, and on any blob
 //! file sled wrote since the last sync (sled stores large items as separate files and never
-//! syncs them). Only then are the waiting appends acknowledged.
-//!
-//! Appends do not wait for each other: each queues its callback and returns; the thread
-//! takes everything queued, syncs once, and completes the whole batch. Under load many
-//! appends share one sync.
+//! syncs them). Only then are the waiters told.
 //!
 //! A failed sync is permanent: after an `fsync` error the kernel may have dropped the dirty
 //! pages, so a later "successful" sync proves nothing. Every later request fails too and
-//! the node must be restarted (Raft then recovers from what is really on disk).
+//! the node must be restarted.
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -24,42 +23,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Instant;
 
-use openraft::storage::IOFlushed;
 use parking_lot::Mutex;
-
-use crate::raft::TypeConfig;
-
-/// How far a write must get before it is acknowledged.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SyncMode {
-    /// sled flush, then `fdatasync` of its files: survives power loss. The default.
-    #[default]
-    Fsync,
-    /// sled flush only (`sync_file_range`): survives a killed process, not always a power
-    /// loss. Only for measuring what the full sync costs.
-    SledFlushOnly,
-}
 
 /// Counters of the flush thread.
 #[derive(Debug, Default)]
 pub struct FlushStats {
     /// Syncs performed.
     pub syncs: AtomicU64,
-    /// Requests completed (appends and explicit waits).
+    /// Requests completed.
     pub requests: AtomicU64,
     /// Total time spent syncing, in microseconds.
     pub sync_micros: AtomicU64,
-    /// The highest log index known to be on disk: the last entry present when the latest
-    /// successful sync began, lowered when the log is truncated below it (entries written
-    /// again at those indexes are on disk only once a later sync covers them).
-    pub durable_index: AtomicU64,
-    /// Truncations so far; a sync that saw one happen while it ran does not raise
-    /// `durable_index` (the entries it covered may be gone).
-    truncations: Mutex<u64>,
 }
 
 enum Job {
-    Append(IOFlushed<TypeConfig>),
     Wait(tokio::sync::oneshot::Sender<io::Result<()>>),
     Stop,
 }
@@ -75,10 +52,10 @@ pub struct Flusher {
 
 impl Flusher {
     /// Start the flush thread for `db`, whose files live in `dir`.
-    pub fn start(db: sled::Db, dir: &Path, mode: SyncMode) -> io::Result<Self> {
+    pub fn start(db: sled::Db, dir: &Path) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         let stats = Arc::new(FlushStats::default());
-        let mut durable = Durable::new(db, dir, mode)?;
+        let mut durable = Durable::new(db, dir)?;
         let thread_stats = Arc::clone(&stats);
         let thread = std::thread::Builder::new()
             .name("affinity-flush".into())
@@ -90,19 +67,9 @@ impl Flusher {
                     batch.extend(rx.try_iter());
                     if failed.is_none() {
                         let started = Instant::now();
-                        let truncations = *thread_stats.truncations.lock();
-                        match durable.sync() {
-                            Ok(Some(index)) => {
-                                let now = thread_stats.truncations.lock();
-                                if *now == truncations {
-                                    thread_stats.durable_index.fetch_max(index, Ordering::Relaxed);
-                                }
-                            }
-                            Ok(None) => {}
-                            Err(e) => {
-                                tracing::error!(error = %e, "making the log durable failed; refusing all further writes");
-                                failed = Some((e.kind(), e.to_string()));
-                            }
+                        if let Err(e) = durable.sync() {
+                            tracing::error!(error = %e, "making the node's metadata durable failed; refusing all further writes");
+                            failed = Some((e.kind(), e.to_string()));
                         }
                         thread_stats.syncs.fetch_add(1, Ordering::Relaxed);
                         thread_stats.sync_micros.fetch_add(
@@ -118,11 +85,10 @@ impl Flusher {
                             None => Ok(()),
                             Some((kind, msg)) => Err(io::Error::new(
                                 *kind,
-                                format!("an earlier sync of the log failed: {msg}"),
+                                format!("an earlier sync of the node's metadata failed: {msg}"),
                             )),
                         };
                         match job {
-                            Job::Append(callback) => callback.io_completed(result),
                             Job::Wait(tx) => {
                                 let _ = tx.send(result);
                             }
@@ -152,13 +118,6 @@ impl Flusher {
         }
     }
 
-    /// Complete `callback` once everything written so far is durable.
-    pub fn after_sync(&self, callback: IOFlushed<TypeConfig>) -> io::Result<()> {
-        self.tx
-            .send(Job::Append(callback))
-            .map_err(|_| io::Error::other("the flush thread has stopped"))
-    }
-
     /// Wait until everything written so far is durable.
     pub async fn sync(&self) -> io::Result<()> {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -167,16 +126,6 @@ impl Flusher {
             .map_err(|_| io::Error::other("the flush thread has stopped"))?;
         rx.await
             .map_err(|_| io::Error::other("the flush thread stopped before syncing"))?
-    }
-
-    /// The log was truncated after `last_kept`: entries above it that were durable are gone,
-    /// and what is written there next is durable only after a later sync.
-    pub fn truncated(&self, last_kept: u64) {
-        let mut truncations = self.stats.truncations.lock();
-        *truncations += 1;
-        self.stats
-            .durable_index
-            .fetch_min(last_kept, Ordering::Relaxed);
     }
 
     /// Counters of the flush thread.
@@ -188,41 +137,27 @@ impl Flusher {
 /// sled plus the file handles needed to really sync it.
 struct Durable {
     db: sled::Db,
-    log: sled::Tree,
     db_file: File,
     blobs_dir: PathBuf,
     synced_blobs: HashSet<std::ffi::OsString>,
-    mode: SyncMode,
 }
 
 impl Durable {
-    fn new(db: sled::Db, dir: &Path, mode: SyncMode) -> io::Result<Self> {
+    fn new(db: sled::Db, dir: &Path) -> io::Result<Self> {
         let db_file = File::open(dir.join("db"))?;
-        let log = db.open_tree("log").map_err(io::Error::from)?;
         Ok(Self {
             db,
-            log,
             db_file,
             blobs_dir: dir.join("blobs"),
             synced_blobs: HashSet::new(),
-            mode,
         })
     }
 
-    /// Make everything written so far durable; the last log index it covers, if any.
-    fn sync(&mut self) -> io::Result<Option<u64>> {
-        let last = self
-            .log
-            .last()
-            .map_err(io::Error::from)?
-            .and_then(|(key, _)| <[u8; 8]>::try_from(key.as_ref()).ok())
-            .map(u64::from_be_bytes);
+    /// Make everything written so far durable.
+    fn sync(&mut self) -> io::Result<()> {
         self.db.flush().map_err(io::Error::from)?;
-        if self.mode == SyncMode::Fsync {
-            self.db_file.sync_data()?;
-            self.sync_new_blobs()?;
-        }
-        Ok(last)
+        self.db_file.sync_data()?;
+        self.sync_new_blobs()
     }
 
     /// fsync blob files sled created since the last sync, and the blob folder.

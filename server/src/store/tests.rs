@@ -15,9 +15,9 @@ use super::*;
 use crate::raft::{Entry, LogId, TypeConfig, Vote};
 use crate::sm::{Command, Op};
 
-struct SledStoreBuilder;
+struct WalStoreBuilder;
 
-impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledStoreBuilder {
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for WalStoreBuilder {
     async fn build(
         &self,
     ) -> Result<(TempDir, LogStore, StateMachineStore), StorageError<TypeConfig>> {
@@ -30,8 +30,8 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for SledStor
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn openraft_storage_suite_passes_on_sled() -> Result<(), StorageError<TypeConfig>> {
-    Suite::test_all(SledStoreBuilder).await
+async fn openraft_storage_suite_passes_on_the_wal() -> Result<(), StorageError<TypeConfig>> {
+    Suite::test_all(WalStoreBuilder).await
 }
 
 fn resolve_entry(term: u64, index: u64, prefix: &str, endpoint: &str) -> Entry {
@@ -82,7 +82,7 @@ async fn acknowledged_entries_and_vote_survive_reopen() {
         for rx in waiters {
             rx.await.unwrap().unwrap();
         }
-        let stats = storage.flusher.stats();
+        let stats = storage.log.wal().stats();
         assert_eq!(
             stats.requests.load(std::sync::atomic::Ordering::Relaxed),
             101
@@ -154,29 +154,28 @@ async fn a_directory_cannot_be_opened_twice() {
 }
 
 #[tokio::test]
-async fn damaged_log_records_are_reported() {
+async fn records_that_do_not_decode_are_reported() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let mut storage = open(dir.path(), &StoreOptions::default()).unwrap();
-        append_and_wait(
-            &mut storage.log,
-            vec![resolve_entry(1, 1, "10.0.0.0/24", "a:1")],
-        )
-        .await;
-        storage.close();
-    }
-    {
-        let db = sled::open(dir.path().join("raft")).unwrap();
-        let log = db.open_tree("log").unwrap();
-        log.insert(2u64.to_be_bytes(), vec![1, 0xff, 0xff]).unwrap();
-        log.insert(3u64.to_be_bytes(), vec![7, 0]).unwrap();
-        db.flush().unwrap();
-    }
     let mut storage = open(dir.path(), &StoreOptions::default()).unwrap();
+    append_and_wait(
+        &mut storage.log,
+        vec![resolve_entry(1, 1, "10.0.0.0/24", "a:1")],
+    )
+    .await;
+    let (tx, rx) = std::sync::mpsc::channel();
+    storage.log.wal().append(
+        vec![
+            (2, std::sync::Arc::from(vec![1u8, 0xff, 0xff])),
+            (3, std::sync::Arc::from(vec![7u8, 0])),
+        ],
+        Box::new(move |r| tx.send(r).unwrap()),
+    );
+    rx.recv().unwrap().unwrap();
     let err = storage.log.try_get_log_entries(2..3).await.unwrap_err();
     assert!(err.to_string().contains("log entry 2"), "{err}");
     let err = storage.log.try_get_log_entries(3..4).await.unwrap_err();
     assert!(err.to_string().contains("record version 7"), "{err}");
+    storage.close();
 }
 
 async fn applied_state_with_leases(state: &mut StateMachineStore, n: u64) {
@@ -322,14 +321,14 @@ async fn a_snapshot_from_elsewhere_is_copied_in_and_becomes_current() {
 /// would make the next start refuse a healthy node ("log behind").
 #[tokio::test]
 async fn truncation_lowers_the_durable_index() {
-    use std::sync::atomic::Ordering::Relaxed;
     let dir = tempfile::tempdir().unwrap();
     let mut storage = open(dir.path(), &StoreOptions::default()).unwrap();
     let entries = (1..=10)
         .map(|i| resolve_entry(1, i, &format!("10.0.{i}.0/24"), "10.4.0.1:80"))
         .collect();
     append_and_wait(&mut storage.log, entries).await;
-    let durable = || storage.flusher.stats().durable_index.load(Relaxed);
+    let log = storage.log.clone();
+    let durable = || log.durable_index();
     assert_eq!(durable(), 10);
     storage
         .log
@@ -344,3 +343,6 @@ async fn truncation_lowers_the_durable_index() {
     assert_eq!(durable(), 8, "the new entries are durable once synced");
     storage.close();
 }
+
+#[path = "upgrade_tests.rs"]
+mod upgrade_tests;

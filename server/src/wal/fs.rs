@@ -89,8 +89,13 @@ impl Storage for Dir {
             .write(true)
             .create_new(true)
             .open(self.path.join(name))?;
-        preallocate(&file, size)?;
-        file.sync_all()?;
+        let made = preallocate(&file, size).and_then(|()| file.sync_all());
+        if let Err(e) = made {
+            // A full disk, most often: leave no half-made segment behind.
+            drop(file);
+            let _ = std::fs::remove_file(self.path.join(name));
+            return Err(e);
+        }
         self.sync_dir()?;
         Ok(file)
     }

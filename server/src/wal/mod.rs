@@ -121,6 +121,12 @@ enum Slot {
     },
 }
 
+/// Where [`Wal::read`] found a record: in memory, or in a file at (offset, length).
+enum Found<F> {
+    Bytes(Arc<[u8]>),
+    File(Arc<F>, u64, u32),
+}
+
 /// One segment file.
 struct Segment<F> {
     name: String,
@@ -232,6 +238,10 @@ struct Queue {
 pub struct Stats {
     /// Frames written (each one sync).
     pub syncs: AtomicU64,
+    /// Requests completed by those syncs (appends, votes and explicit flushes).
+    pub requests: AtomicU64,
+    /// Time spent writing and syncing frames, in microseconds.
+    pub sync_micros: AtomicU64,
     /// Bytes written.
     pub bytes: AtomicU64,
     /// Segments deleted after a purge.
@@ -330,19 +340,34 @@ impl<S: Storage> Wal<S> {
         ))
     }
 
-    fn queue(&self, items: Vec<Item>, done: Option<Done>) {
+    /// Queue `items` and `done` for the writer; once it has stopped, `done` is handed back,
+    /// for the caller to fail once it holds no lock.
+    #[must_use]
+    fn queue(&self, items: Vec<Item>, done: Option<Done>) -> Option<Done> {
         let mut q = self.shared.queue.lock();
+        if q.stop {
+            return done;
+        }
         q.items.extend(items);
         q.done.extend(done);
         self.shared.wake.notify_one();
+        None
+    }
+
+    fn refuse(rejected: Option<Done>) {
+        if let Some(done) = rejected {
+            done(Err(io::Error::other("the Raft log is closed")));
+        }
     }
 
     /// Append entries (index, record), in index order; an entry replaces any at or after
     /// its index. `done` runs once they are durable.
     pub fn append(&self, entries: Vec<(u64, Arc<[u8]>)>, done: Done) {
         let mut state = self.shared.state.lock();
-        if let Some(failed) = &state.failed {
-            done(Err(io::Error::other(failed.clone())));
+        if let Some(failed) = state.failed.clone() {
+            // Called without the lock held: `done` may take locks of its own.
+            drop(state);
+            done(Err(io::Error::other(failed)));
             return;
         }
         let mut items = Vec::with_capacity(entries.len());
@@ -352,14 +377,16 @@ impl<S: Storage> Wal<S> {
             items.push(Item::Entry(index, record));
         }
         // Queued under the state lock, so the file's order is the order of the changes.
-        self.queue(items, Some(done));
+        let rejected = self.queue(items, Some(done));
+        drop(state);
+        Self::refuse(rejected);
     }
 
     /// Remove the entries from `from` on.
     pub fn truncate(&self, from: u64) {
         let mut state = self.shared.state.lock();
         state.remove_from(from);
-        self.queue(vec![Item::Truncate(from)], None);
+        let _ = self.queue(vec![Item::Truncate(from)], None);
     }
 
     /// Forget the entries up to `upto` (with the purged log id's record); their segments
@@ -368,27 +395,31 @@ impl<S: Storage> Wal<S> {
         let mut state = self.shared.state.lock();
         state.remove_upto(upto);
         state.purged = Some((upto, record.clone()));
-        self.queue(vec![Item::Purge(upto, record)], None);
+        let _ = self.queue(vec![Item::Purge(upto, record)], None);
     }
 
     /// Save the vote; `done` runs once it is durable.
     pub fn save_vote(&self, record: Vec<u8>, done: Done) {
         let mut state = self.shared.state.lock();
         state.vote = Some(record.clone());
-        self.queue(vec![Item::Vote(record)], Some(done));
+        let rejected = self.queue(vec![Item::Vote(record)], Some(done));
+        drop(state);
+        Self::refuse(rejected);
     }
 
     /// Save the committed log id (empty: none); durable with the next sync.
     pub fn save_committed(&self, record: Vec<u8>) {
         let mut state = self.shared.state.lock();
         state.committed = (!record.is_empty()).then(|| record.clone());
-        self.queue(vec![Item::Committed(record)], None);
+        let _ = self.queue(vec![Item::Committed(record)], None);
     }
 
     /// `done` runs once everything queued before it is durable.
     pub fn flush(&self, done: Done) {
-        let _state = self.shared.state.lock();
-        self.queue(Vec::new(), Some(done));
+        let state = self.shared.state.lock();
+        let rejected = self.queue(Vec::new(), Some(done));
+        drop(state);
+        Self::refuse(rejected);
     }
 
     /// The vote, committed log id and purged (index, log id) records.
@@ -411,10 +442,26 @@ impl<S: Storage> Wal<S> {
 
     /// The records of the entries in `range`, in index order.
     pub fn read(&self, range: impl RangeBounds<u64>) -> io::Result<Vec<(u64, Arc<[u8]>)>> {
-        enum Found<F> {
-            Bytes(Arc<[u8]>),
-            File(Arc<F>, u64, u32),
+        use std::ops::Bound;
+        // An empty or inverted range holds nothing (and must not reach BTreeMap::range,
+        // which panics on one).
+        let first = match range.start_bound() {
+            Bound::Included(i) => Some(*i),
+            Bound::Excluded(i) => i.checked_add(1),
+            Bound::Unbounded => Some(0),
+        };
+        let last = match range.end_bound() {
+            Bound::Included(i) => Some(*i),
+            Bound::Excluded(i) => i.checked_sub(1),
+            Bound::Unbounded => Some(u64::MAX),
+        };
+        let (Some(first), Some(last)) = (first, last) else {
+            return Ok(Vec::new());
+        };
+        if first > last {
+            return Ok(Vec::new());
         }
+        let range = first..=last;
         let found: Vec<(u64, Found<S::File>)> = {
             let state = self.shared.state.lock();
             let mut found = Vec::new();
@@ -462,6 +509,11 @@ impl<S: Storage> Wal<S> {
     /// Segment files in use.
     pub fn segments(&self) -> usize {
         self.shared.state.lock().segments.len()
+    }
+
+    /// Why the log stopped taking writes, once it has.
+    pub fn failed(&self) -> Option<String> {
+        self.shared.state.lock().failed.clone()
     }
 
     /// Stop the writer once everything queued is written.

@@ -45,11 +45,9 @@ fn parse_name(name: &str) -> Option<u64> {
         .ok()
 }
 
-/// The frame at `offset` of `bytes`, if it checks out: its payload's range.
-pub(super) fn frame_at(
-    bytes: &[u8],
-    offset: usize,
-) -> Result<Option<(usize, usize)>, &'static str> {
+/// The frame at `offset` of `bytes`, if it checks out: its payload's range (`None` where
+/// the written part of the file ends).
+pub fn frame_at(bytes: &[u8], offset: usize) -> Result<Option<(usize, usize)>, &'static str> {
     let Some(head) = bytes.get(offset..offset + HEADER) else {
         // Too short for a header: only zeros may be left.
         return if bytes[offset..].iter().all(|b| *b == 0) {
@@ -85,8 +83,18 @@ fn valid_frame_after(bytes: &[u8], offset: usize) -> bool {
         .any(|at| matches!(frame_at(bytes, at), Ok(Some(_))))
 }
 
+/// Read every segment in `storage` without changing anything: what opening the log would
+/// find (a torn tail is reported, not cut), or the damage that would stop it opening.
+pub fn inspect<S: Storage>(storage: &S) -> Result<Recovery, WalError> {
+    replay(storage, false).map(|(_, recovery)| recovery)
+}
+
 /// Replay the segments in `storage` into a state, cutting a torn tail.
 pub(super) fn recover<S: Storage>(storage: &S) -> Result<(State<S::File>, Recovery), WalError> {
+    replay(storage, true)
+}
+
+fn replay<S: Storage>(storage: &S, cut_torn: bool) -> Result<(State<S::File>, Recovery), WalError> {
     let started = Instant::now();
     let io = |what: &'static str, name: &str| {
         let file = storage.describe(name);
@@ -133,12 +141,14 @@ pub(super) fn recover<S: Storage>(storage: &S) -> Result<(State<S::File>, Recove
                             reason: reason.to_string(),
                         });
                     }
-                    cut(&file, offset as u64, len).map_err(io("cut the torn tail of", name))?;
-                    tracing::warn!(
-                        file = %storage.describe(name),
-                        offset,
-                        "cut off a torn write at the end of the Raft log (never acknowledged)"
-                    );
+                    if cut_torn {
+                        cut(&file, offset as u64, len).map_err(io("cut the torn tail of", name))?;
+                        tracing::warn!(
+                            file = %storage.describe(name),
+                            offset,
+                            "cut off a torn write at the end of the Raft log (never acknowledged)"
+                        );
+                    }
                     recovery.torn = Some((storage.describe(name), offset as u64));
                     break;
                 }

@@ -25,11 +25,21 @@ pub(super) fn write_loop<S: Storage>(shared: &Shared<S>) {
                 q.stop,
             )
         };
+        let started = std::time::Instant::now();
         let result = if items.is_empty() {
             shared.state.lock().failed.clone().map_or(Ok(()), Err)
         } else {
-            write_batch(shared, items)
+            let result = write_batch(shared, items);
+            shared.stats.sync_micros.fetch_add(
+                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
+            result
         };
+        shared
+            .stats
+            .requests
+            .fetch_add(done.len() as u64, Ordering::Relaxed);
         for d in done {
             d(result.clone().map_err(io::Error::other));
         }
