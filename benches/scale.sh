@@ -8,13 +8,16 @@
 #     cargo bench -p affinity-bench --bench sizing          # writes /tmp/scale/leases-N.backup
 #   benches/scale.sh /tmp/scale/leases-1000000.backup [DATA_ROOT]
 #
+# AFFINITY_BIN_DIR runs the affinityd and affinityctl found there instead of the release
+# build (for example an older release, to compare).
+#
 # Everything runs on loopback; the data goes under DATA_ROOT (default: the current
 # directory, i.e. real disk) and is removed at the end.
 set -euo pipefail
 
 backup=${1:?usage: benches/scale.sh BACKUP_FILE [DATA_ROOT]}
 root=$(mktemp -d "${2:-.}/affinity-scale-XXXXXX")
-bin=$(cd "$(dirname "$0")/.." && pwd)/target/release
+bin=${AFFINITY_BIN_DIR:-$(cd "$(dirname "$0")/.." && pwd)/target/release}
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$root"; }
 trap cleanup EXIT

@@ -145,23 +145,7 @@ pub fn read<R: Read>(input: R) -> Result<Decoded, SnapshotError> {
         .meta
         .ok_or_else(|| SnapshotError::Corrupt("header has no meta".into()))?;
 
-    let mut table = super::Restorer::new(header.clock_ms);
-    let mut previous: Option<(Arc<str>, ClientKey)> = None;
-    for n in 0..header.lease_count {
-        let stored: pb::StoredLease = read_record(&mut input, &mut buf, "lease")?;
-        let lease = lease_from_stored(stored)
-            .map_err(|e| SnapshotError::Corrupt(format!("lease #{n}: {e}")))?;
-        if let Some((scope, key)) = &previous
-            && (&**scope, key) >= (&*lease.scope, &lease.key)
-        {
-            return Err(SnapshotError::Corrupt(format!(
-                "lease #{n} ({} {}) is not after the previous one: keys must increase",
-                lease.scope, lease.key
-            )));
-        }
-        previous = Some((Arc::clone(&lease.scope), lease.key));
-        table.push(&lease);
-    }
+    let mut table = read_leases(&mut input, &mut buf, header.clock_ms, header.lease_count)?;
     let remembered = if found == FORMAT_VERSION_1 {
         0
     } else {
@@ -211,6 +195,77 @@ pub fn read<R: Read>(input: R) -> Result<Decoded, SnapshotError> {
         crc32,
     };
     Ok(Decoded { meta, table, stats })
+}
+
+/// Leases decoded (and checked) per batch handed to the thread that builds the table.
+const BUILD_BATCH: usize = 4096;
+
+/// Read `count` leases into a table whose clock is `clock_ms`. Decoding and checking the records
+/// (this thread) and building the table from them (a second thread) overlap, which is
+/// most of what a restart with millions of leases waits for.
+fn read_leases<R: Read>(
+    input: &mut R,
+    buf: &mut Vec<u8>,
+    clock_ms: i64,
+    count: u64,
+) -> Result<super::Restorer, SnapshotError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Lease>>(4);
+    std::thread::scope(|scope| {
+        let builder = std::thread::Builder::new()
+            .name("affinity-restore".into())
+            .spawn_scoped(scope, move || {
+                let mut table = super::Restorer::new(clock_ms);
+                for batch in rx {
+                    for lease in &batch {
+                        table.push(lease);
+                    }
+                }
+                table
+            })
+            .map_err(SnapshotError::Io)?;
+        let decoded = decode_leases(input, buf, count, &tx);
+        drop(tx);
+        let table = builder
+            .join()
+            .map_err(|_| SnapshotError::Io(io::Error::other("the table builder panicked")))?;
+        decoded.map(|()| table)
+    })
+}
+
+/// Decode `count` leases, checking each and their order, and send them on in batches.
+fn decode_leases<R: Read>(
+    input: &mut R,
+    buf: &mut Vec<u8>,
+    count: u64,
+    tx: &std::sync::mpsc::SyncSender<Vec<Lease>>,
+) -> Result<(), SnapshotError> {
+    let mut previous: Option<(Arc<str>, ClientKey)> = None;
+    let mut batch = Vec::with_capacity(BUILD_BATCH);
+    for n in 0..count {
+        let stored: pb::StoredLease = read_record(input, buf, "lease")?;
+        let lease = lease_from_stored(stored)
+            .map_err(|e| SnapshotError::Corrupt(format!("lease #{n}: {e}")))?;
+        if let Some((scope, key)) = &previous
+            && (&**scope, key) >= (&*lease.scope, &lease.key)
+        {
+            return Err(SnapshotError::Corrupt(format!(
+                "lease #{n} ({} {}) is not after the previous one: keys must increase",
+                lease.scope, lease.key
+            )));
+        }
+        previous = Some((Arc::clone(&lease.scope), lease.key));
+        batch.push(lease);
+        if batch.len() == BUILD_BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BUILD_BATCH));
+            tx.send(full)
+                .map_err(|_| SnapshotError::Io(io::Error::other("the table builder stopped")))?;
+        }
+    }
+    if !batch.is_empty() {
+        tx.send(batch)
+            .map_err(|_| SnapshotError::Io(io::Error::other("the table builder stopped")))?;
+    }
+    Ok(())
 }
 
 /// Stored leases from the wire (an import, a restore), each checked; an error names the
