@@ -203,11 +203,16 @@ pub fn open(dir: &Path, options: &StoreOptions) -> Result<Storage, StoreError> {
         segment_size: options.log_segment_bytes,
         cache_bytes: options.log_cache_bytes,
     };
+    let new_log = !dir.join(WAL_DIR).exists();
     let (log, recovery) =
         LogStore::open(&dir.join(WAL_DIR), wal_options).map_err(|source| StoreError::Log {
             dir: dir.to_path_buf(),
             source,
         })?;
+    if new_log {
+        // The log's folder must survive a crash before anything in it (the vote) counts.
+        durable::sync_dir(dir).map_err(io_err)?;
+    }
     tracing::info!(
         segments = recovery.segments,
         entries = recovery.entries,

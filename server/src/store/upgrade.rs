@@ -5,9 +5,12 @@
 //! start converts again, or has already converted:
 //!
 //! 1. copy every log record, the vote and the commit and purge points from sled into a new
-//!    log in `wal.upgrading/` (removed first if an earlier attempt left it), and sync it;
-//! 2. rename it to `wal/` and sync the data directory: from here the new log is complete;
-//! 3. write the version 2 record into sled and sync: from here the directory is version 2;
+//!    log in `wal.upgrading/` (removed first, with any `wal/`, if an earlier attempt left
+//!    them: until step 3, sled's log is the log, and a version 1 build may have written to
+//!    it since), and sync it, one frame of at most 4,096 entries at a time;
+//! 2. rename it to `wal/` and sync the data directory;
+//! 3. write the version 2 record into sled and sync: from here the directory is version 2
+//!    and `wal/` is the log;
 //! 4. drop sled's old `log` tree and the version 1 markers (leftovers of a crash before
 //!    this are dropped at the next start).
 //!
@@ -46,20 +49,22 @@ pub(super) fn from_v1(
     };
     let sled_err = |e: sled::Error| io_err(io::Error::from(e));
     let log_tree = db.open_tree("log").map_err(sled_err)?;
+    // While the record says version 1, sled's log is the log: a `wal/` found here was left
+    // by an upgrade that stopped before recording version 2, and a version 1 build may
+    // have written to sled since. So the copy is always made again from sled.
     let wal_dir = dir.join(WAL_DIR);
     if wal_dir.exists() {
-        tracing::info!(
-            "finishing an interrupted upgrade to data version 2: the new log is complete"
-        );
-    } else {
-        let copied = copy_log(dir, &log_tree, meta, options)?;
-        tracing::info!(
-            entries = copied,
-            "upgraded the Raft log from sled to its own log (data version 1 to 2)"
-        );
-        std::fs::rename(dir.join(UPGRADING_DIR), &wal_dir).map_err(io_err)?;
+        tracing::info!("an earlier upgrade stopped before it finished: copying the log again");
+        std::fs::remove_dir_all(&wal_dir).map_err(io_err)?;
         sync_dir(dir).map_err(io_err)?;
     }
+    let copied = copy_log(dir, &log_tree, meta, options)?;
+    tracing::info!(
+        entries = copied,
+        "upgraded the Raft log from sled to its own log (data version 1 to 2)"
+    );
+    std::fs::rename(dir.join(UPGRADING_DIR), &wal_dir).map_err(io_err)?;
+    sync_dir(dir).map_err(io_err)?;
 
     let mut info = match meta.get(keys::STORE_INFO).map_err(sled_err)? {
         Some(bytes) => {
@@ -139,9 +144,9 @@ fn copy_log(
                 ))
             })?;
             wal.purge(id.index, record.to_vec());
-            id.index
+            Some(id.index)
         }
-        None => 0,
+        None => None,
     };
     let mut copied = 0u64;
     let mut batches = 0usize;
@@ -156,15 +161,18 @@ fn copy_log(
                     format!("a log key of {} bytes, expected 8", key.len()),
                 ))
             })?;
-        if purged > 0 && index <= purged {
+        if purged.is_some_and(|upto| index <= upto) {
             // Left behind by a purge that a crash interrupted.
             continue;
         }
         log::decode_entry(index, &value).map_err(io_err)?;
         batch.push((index, Arc::<[u8]>::from(value.as_ref())));
         if batch.len() == BATCH {
+            // One batch in flight at a time: frames stay small and memory bounded.
             wal.append(std::mem::take(&mut batch), waiter(&tx));
-            batches += 1;
+            rx.recv()
+                .map_err(|_| io_err(io::Error::other("the new log's writer stopped")))?
+                .map_err(io_err)?;
         }
         copied += 1;
     }

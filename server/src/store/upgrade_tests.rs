@@ -84,7 +84,7 @@ async fn a_version_1_directory_converts_in_place_and_keeps_every_lease() {
 }
 
 #[tokio::test]
-async fn an_interrupted_upgrade_is_done_again_or_finished_at_the_next_start() {
+async fn an_interrupted_upgrade_is_done_again_at_the_next_start() {
     // Stopped while copying: a partial new log is thrown away and the copy made again.
     let dir = v1_copy();
     let partial = dir.path().join(upgrade::UPGRADING_DIR);
@@ -94,13 +94,15 @@ async fn an_interrupted_upgrade_is_done_again_or_finished_at_the_next_start() {
     let (exported, _) = export_bytes(dir.path()).await;
     assert_eq!((exported.last_log_index, exported.lease_count), (42, 39));
 
-    // Stopped after the new log was in place but before the version record: the next
-    // start keeps the new log and finishes.
-    let dir = v1_copy();
-    open(dir.path(), &StoreOptions::default()).unwrap().close();
-    let converted_wal = dir.path().join(WAL_DIR);
+    // Stopped after the new log was in place but before the version record: the record
+    // still says version 1, so sled's log is the log (a version 1 build may have written
+    // to it since) and the copy is made again. Here the stale `wal/` is an empty log.
+    let empty = tempfile::tempdir().unwrap();
+    open(empty.path(), &StoreOptions::default())
+        .unwrap()
+        .close();
     let again = v1_copy();
-    copy_dir(&converted_wal, &again.path().join(WAL_DIR));
+    copy_dir(&empty.path().join(WAL_DIR), &again.path().join(WAL_DIR));
     assert_eq!(data_version(again.path()), 1);
     open(again.path(), &StoreOptions::default())
         .unwrap()

@@ -283,7 +283,11 @@ impl Writer {
     fn close(&self) {
         (self.stop)();
         if let Some(thread) = self.thread.lock().take() {
-            let _ = thread.join();
+            // The last handle may be dropped by a callback on the writer thread itself,
+            // which then stops on its own once its queue is empty.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
         }
     }
 }

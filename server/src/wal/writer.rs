@@ -55,6 +55,11 @@ pub(super) fn write_loop<S: Storage>(shared: &Shared<S>) {
 /// Write `items` as one frame, sync, and record where the entries went. After a failure
 /// the log stays failed.
 fn write_batch<S: Storage>(shared: &Shared<S>, items: Vec<Item>) -> Result<(), String> {
+    // Once a write or sync failed, nothing more goes to the files: a later frame written
+    // after the failed one would make it look like damage, not a torn tail, at the next start.
+    if let Some(failed) = &shared.state.lock().failed {
+        return Err(failed.clone());
+    }
     let purge = items.iter().rev().find_map(|i| match i {
         Item::Purge(upto, _) => Some(*upto),
         _ => None,
