@@ -367,14 +367,22 @@ fn serve_grpc(
 }
 
 /// Wait until this node's Raft stops by itself; why it stopped.
+///
+/// It follows the server metrics (role, leader, membership), which change rarely, rather
+/// than the full metrics, which change several times per write and would wake this task
+/// (on the main thread) for each. Raft's core drops their sender when it stops; its last
+/// full metrics then say why.
 async fn raft_stopped(node: &Node) -> String {
-    let mut metrics = node.raft().metrics();
+    let mut server = node.raft().server_metrics();
     loop {
-        if let Err(fatal) = &metrics.borrow_watched().running_state {
+        if let Err(fatal) = &node.raft().metrics().borrow_watched().running_state {
             return fatal.to_string();
         }
-        if metrics.changed().await.is_err() {
-            return "its metrics ended".into();
+        if server.changed().await.is_err() {
+            return match &node.raft().metrics().borrow_watched().running_state {
+                Err(fatal) => fatal.to_string(),
+                Ok(()) => "its metrics ended".into(),
+            };
         }
     }
 }
@@ -401,8 +409,13 @@ async fn set_liveness(reporter: &HealthReporter, alive: bool) {
 
 /// SERVING exactly while the node knows a leader and has applied what is committed; and
 /// a log line whenever the leader or this node's role changes.
+///
+/// Role and leader changes are seen at once (the server metrics); how far the node has
+/// applied is looked at every [`Node::readiness_interval`], not at each of the several
+/// metrics updates every write makes.
 async fn report_health(node: Arc<Node>, reporter: HealthReporter, stopping: CancellationToken) {
-    let mut metrics = node.raft().metrics();
+    let mut server = node.raft().server_metrics();
+    let metrics = node.raft().metrics();
     let mut serving = None;
     let mut living = None;
     let mut seen = None;
@@ -438,7 +451,12 @@ async fn report_health(node: Arc<Node>, reporter: HealthReporter, stopping: Canc
         }
         tokio::select! {
             () = stopping.cancelled() => return,
-            changed = metrics.changed() => if changed.is_err() { return },
+            changed = server.changed() => if changed.is_err() {
+                // Raft stopped: say so before the task ends.
+                set_liveness(&reporter, false).await;
+                set_health(&reporter, false).await;
+                return;
+            },
             () = tokio::time::sleep(node.readiness_interval()) => {}
         }
     }

@@ -8,8 +8,10 @@
 //! Durability: appends, votes, truncations and purges are queued in order and written by
 //! the log's one writer, one frame and one `fdatasync` per batch. An append is acknowledged
 //! through openraft's callback, and a vote returns, only once its frame is synced.
-//! Truncation and purge are durable with the next sync; replay applies them in order, so a
-//! restart sees the log as the last synced frame left it.
+//! Truncation, purge and the committed point are durable with the next sync (the next
+//! append or vote, or a frame of their own once they have waited
+//! [`wal::Options::marker_delay`]); replay applies them in order, so a restart sees the log
+//! as the last synced frame left it.
 //!
 //! This store also keeps the **durable index**: the highest entry known to be on disk here,
 //! lowered when the log is truncated below it. The node records it (with the applied index)

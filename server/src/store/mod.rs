@@ -202,6 +202,7 @@ pub fn open(dir: &Path, options: &StoreOptions) -> Result<Storage, StoreError> {
     let wal_options = crate::wal::Options {
         segment_size: options.log_segment_bytes,
         cache_bytes: options.log_cache_bytes,
+        ..Default::default()
     };
     let new_log = !dir.join(WAL_DIR).exists();
     let (log, recovery) =

@@ -121,6 +121,7 @@ fn copy_log(
     let wal_options = wal::Options {
         segment_size: options.log_segment_bytes,
         cache_bytes: 0,
+        ..Default::default()
     };
     let log_err = |source: wal::WalError| StoreError::Log {
         dir: dir.to_path_buf(),

@@ -13,9 +13,13 @@
 //!   the oldest segments is purged, and the purge is durable, they are deleted whole
 //!   (oldest first, never one after a segment that must stay: a later segment may hold
 //!   the truncation that keeps an older one's entries from coming back).
-//! - **Truncation and purge** are items like the others: the state in memory changes at
-//!   once, the file with the next sync. Replay applies items in order, so the log after a
-//!   restart is the log as the last durable frame left it.
+//! - **Truncation, purge and the committed mark** are items like the others: the state in
+//!   memory changes at once, the file with the next sync. Nobody waits for them, so they
+//!   do not wake the writer: they ride with the next append or vote (Raft saves the
+//!   committed mark at every commit, and a sync of its own each time would double the
+//!   syncs per write), or go in a frame of their own once the oldest has waited
+//!   `marker_delay` (20 ms), so an idle log records them too. Replay applies items in
+//!   order, so the log after a restart is the log as the last durable frame left it.
 //! - **A sync error is permanent**: after a failed `fdatasync` the kernel may have dropped
 //!   the dirty pages, so every later write fails too and the node must restart (and
 //!   recover from what is really on disk).
@@ -55,6 +59,9 @@ pub struct Options {
     /// Bytes of written entries kept in memory for reads (entries not yet written are
     /// always in memory).
     pub cache_bytes: usize,
+    /// How long a mark that nobody waits for (committed, truncate, purge) may wait for the
+    /// next sync before it is written on its own.
+    pub marker_delay: std::time::Duration,
 }
 
 impl Default for Options {
@@ -62,6 +69,7 @@ impl Default for Options {
         Self {
             segment_size: 64 << 20,
             cache_bytes: 64 << 20,
+            marker_delay: std::time::Duration::from_millis(20),
         }
     }
 }
@@ -231,6 +239,8 @@ struct Queue {
     items: Vec<Item>,
     done: Vec<Done>,
     stop: bool,
+    /// When the oldest queued item was queued.
+    since: Option<std::time::Instant>,
 }
 
 /// Counters of the writer.
@@ -352,9 +362,14 @@ impl<S: Storage> Wal<S> {
         if q.stop {
             return done;
         }
+        if !items.is_empty() && q.since.is_none() {
+            q.since = Some(std::time::Instant::now());
+        }
         q.items.extend(items);
-        q.done.extend(done);
-        self.shared.wake.notify_one();
+        if let Some(done) = done {
+            q.done.push(done);
+            self.shared.wake.notify_one();
+        }
         None
     }
 

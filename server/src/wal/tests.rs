@@ -15,7 +15,20 @@ fn small(segment_size: u64) -> Options {
     Options {
         segment_size,
         cache_bytes: 256,
+        ..Options::default()
     }
+}
+
+/// One segment of 1 MiB, marks written on their own after `delay`.
+fn with_delay(delay: std::time::Duration) -> Options {
+    Options {
+        marker_delay: delay,
+        ..small(1 << 20)
+    }
+}
+
+fn syncs<S: super::fs::Storage>(wal: &Wal<S>) -> u64 {
+    wal.stats().syncs.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 fn record(index: u64, version: u64, len: usize) -> Arc<[u8]> {
@@ -102,6 +115,65 @@ fn a_purge_deletes_whole_segments_once_durable_and_its_mark_outlives_them() {
     let (wal, _) = Wal::open(Dir::new(dir.path()).unwrap(), small(1024)).unwrap();
     assert_eq!(wal.bounds(), Some((151, 201)));
     assert_eq!(wal.markers().purged, Some((150, b"p-150".to_vec())));
+}
+
+#[test]
+fn marks_without_a_waiter_ride_with_the_next_sync() {
+    // Openraft saves the committed mark at every commit; were each one a sync of its own,
+    // every create would pay two syncs per node and the next append would queue behind the
+    // second.
+    let dir = tempfile::tempdir().unwrap();
+    let options = with_delay(std::time::Duration::from_secs(600));
+    let (wal, _) = Wal::open(Dir::new(dir.path()).unwrap(), options).unwrap();
+    for i in 1..=10 {
+        append_sync(&wal, vec![(i, record(i, 0, 40))]);
+    }
+    let before = syncs(&wal);
+    for c in 1..=50u32 {
+        wal.save_committed(format!("c-{c}").into_bytes());
+    }
+    wal.truncate(10);
+    wal.purge(3, b"p-3".to_vec());
+    append_sync(&wal, vec![(10, record(10, 1, 40))]);
+    assert_eq!(
+        syncs(&wal) - before,
+        1,
+        "the marks and the append share one sync"
+    );
+    drop(wal);
+    let (wal, _) = Wal::open(Dir::new(dir.path()).unwrap(), small(1 << 20)).unwrap();
+    assert_eq!(wal.markers().committed.as_deref(), Some(&b"c-50"[..]));
+    assert_eq!(wal.markers().purged, Some((3, b"p-3".to_vec())));
+    assert_eq!(wal.bounds(), Some((4, 10)));
+    assert_eq!(read_all(&wal)[&10], record(10, 1, 40).to_vec());
+}
+
+#[test]
+fn a_lone_mark_is_written_after_the_delay_and_at_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = with_delay(std::time::Duration::from_millis(5));
+    let (wal, _) = Wal::open(Dir::new(dir.path()).unwrap(), options).unwrap();
+    append_sync(&wal, vec![(1, record(1, 0, 40))]);
+    let before = syncs(&wal);
+    wal.save_committed(b"c-1".to_vec());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while syncs(&wal) == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the mark was never written"
+        );
+        std::thread::yield_now();
+    }
+    // Pending at close: written before the writer stops.
+    let options = with_delay(std::time::Duration::from_secs(600));
+    drop(wal);
+    let (wal, _) = Wal::open(Dir::new(dir.path()).unwrap(), options).unwrap();
+    assert_eq!(wal.markers().committed.as_deref(), Some(&b"c-1"[..]));
+    wal.save_committed(b"c-2".to_vec());
+    wal.close();
+    drop(wal);
+    let (wal, _) = Wal::open(Dir::new(dir.path()).unwrap(), small(1 << 20)).unwrap();
+    assert_eq!(wal.markers().committed.as_deref(), Some(&b"c-2"[..]));
 }
 
 /// The last frame of the newest segment file in `dir`, and that file.

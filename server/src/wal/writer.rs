@@ -1,11 +1,13 @@
 //! The writer thread: everything queued becomes one frame, written and synced once, then
-//! every callback of the batch runs; entries learn where they are on disk, the cache of
+//! every callback of the batch runs (marks nobody waits for wait, up to
+//! [`Options::marker_delay`](super::Options::marker_delay), for a frame to ride with); entries learn where they are on disk, the cache of
 //! written entries is trimmed to its budget, and a durable purge deletes the oldest
 //! segments it covers.
 
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use super::frame::{self, Item};
 use super::fs::{SegmentFile, Storage};
@@ -16,16 +18,33 @@ pub(super) fn write_loop<S: Storage>(shared: &Shared<S>) {
     loop {
         let (items, done, stop) = {
             let mut q = shared.queue.lock();
-            while q.items.is_empty() && q.done.is_empty() && !q.stop {
-                shared.wake.wait(&mut q);
+            // Only a waiter (an append, a vote, a flush) or the stop wakes the writer. Marks
+            // nobody waits for ride with the next frame, or are written on their own once
+            // the oldest has waited `marker_delay`; an idle writer looks every
+            // `marker_delay` whether one has come.
+            let delay = shared.options.marker_delay;
+            while q.done.is_empty() && !q.stop {
+                let wait = match q.since {
+                    None => delay,
+                    Some(since) => {
+                        let due = since + delay;
+                        let now = Instant::now();
+                        if now >= due {
+                            break;
+                        }
+                        due - now
+                    }
+                };
+                shared.wake.wait_for(&mut q, wait);
             }
+            q.since = None;
             (
                 std::mem::take(&mut q.items),
                 std::mem::take(&mut q.done),
                 q.stop,
             )
         };
-        let started = std::time::Instant::now();
+        let started = Instant::now();
         let result = if items.is_empty() {
             shared.state.lock().failed.clone().map_or(Ok(()), Err)
         } else {
