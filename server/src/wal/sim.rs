@@ -27,6 +27,8 @@ struct Disk {
     generation: u64,
     /// Crash right after this many more writes, choosing what survives with this seed.
     armed: Option<(u64, u64)>,
+    /// Fail the next sync (the device reports an error; the unsynced writes are lost).
+    fail_sync: bool,
 }
 
 impl Disk {
@@ -103,6 +105,13 @@ impl SimDisk {
     /// keeping a part of it chosen by `seed`: the torn write of a real crash.
     pub fn arm(&self, writes: u64, seed: u64) {
         self.disk.lock().armed = Some((writes, seed | 1));
+    }
+
+    /// Make the next sync fail with an I/O error, as a failing device's `fdatasync` does,
+    /// dropping what was written since the last one (the kernel may mark those pages clean
+    /// without having written them).
+    pub fn fail_next_sync(&self) {
+        self.disk.lock().fail_sync = true;
     }
 
     /// Flip one bit of `name` at `offset`, as damage on the medium would.
@@ -236,10 +245,16 @@ impl SegmentFile for SimFile {
     }
 
     fn sync(&self) -> io::Result<()> {
-        self.with(|d| {
-            d.durable = d.current.clone();
+        let mut disk = self.disk.lock();
+        SimDisk::check(&disk, self.generation)?;
+        let mut d = self.data.lock();
+        if std::mem::take(&mut disk.fail_sync) {
+            d.current = d.durable.clone();
             d.pending.clear();
-            Ok(())
-        })
+            return Err(io::Error::from_raw_os_error(5));
+        }
+        d.durable = d.current.clone();
+        d.pending.clear();
+        Ok(())
     }
 }

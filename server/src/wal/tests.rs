@@ -176,6 +176,50 @@ fn a_lone_mark_is_written_after_the_delay_and_at_close() {
     assert_eq!(wal.markers().committed.as_deref(), Some(&b"c-2"[..]));
 }
 
+/// Append and return what the callback was told.
+fn append_result<S: super::fs::Storage>(
+    wal: &Wal<S>,
+    entries: Vec<(u64, Arc<[u8]>)>,
+) -> std::io::Result<()> {
+    let (tx, rx) = mpsc::channel();
+    wal.append(entries, Box::new(move |r| tx.send(r).unwrap()));
+    rx.recv().unwrap()
+}
+
+#[test]
+fn a_failed_sync_fails_every_later_write_and_a_restart_sees_what_was_synced() {
+    let disk = SimDisk::default();
+    let (wal, _) = Wal::open(disk.handle(), small(4096)).unwrap();
+    for i in 1..=5 {
+        append_sync(&wal, vec![(i, record(i, 0, 40))]);
+    }
+    let synced = syncs(&wal);
+    disk.fail_next_sync();
+    let failed = append_result(&wal, vec![(6, record(6, 0, 40))]);
+    assert!(failed.is_err(), "the append whose sync failed is refused");
+    let reason = wal.failed().expect("the log says why it stopped");
+    assert!(reason.contains("stays failed"), "{reason}");
+    // Nothing more is written: a later frame after the lost one would read as damage.
+    let later = append_result(&wal, vec![(6, record(6, 1, 40))]);
+    assert!(later.is_err(), "a later append fails too");
+    let (tx, rx) = mpsc::channel();
+    wal.save_vote(b"vote-9".to_vec(), Box::new(move |r| tx.send(r).unwrap()));
+    assert!(rx.recv().unwrap().is_err(), "a vote fails too");
+    let (tx, rx) = mpsc::channel();
+    wal.flush(Box::new(move |r| tx.send(r).unwrap()));
+    assert!(rx.recv().unwrap().is_err(), "a flush fails too");
+    assert_eq!(syncs(&wal), synced, "no frame was synced after the failure");
+    drop(wal);
+
+    // The restarted process sees the five synced entries, and writes on.
+    let (wal, recovery) = Wal::open(disk.handle(), small(4096)).unwrap();
+    assert!(recovery.torn.is_none());
+    assert_eq!(wal.bounds(), Some((1, 5)));
+    assert_eq!(wal.markers().vote, None);
+    append_sync(&wal, vec![(6, record(6, 2, 40))]);
+    assert_eq!(read_all(&wal)[&6], record(6, 2, 40).to_vec());
+}
+
 /// The last frame of the newest segment file in `dir`, and that file.
 fn last_frame(dir: &std::path::Path) -> (std::path::PathBuf, usize, usize) {
     let mut names: Vec<_> = std::fs::read_dir(dir)
