@@ -415,7 +415,7 @@ async fn set_liveness(reporter: &HealthReporter, alive: bool) {
 /// metrics updates every write makes.
 async fn report_health(node: Arc<Node>, reporter: HealthReporter, stopping: CancellationToken) {
     let mut server = node.raft().server_metrics();
-    let metrics = node.raft().metrics();
+    let mut metrics = node.raft().metrics();
     let mut serving = None;
     let mut living = None;
     let mut seen = None;
@@ -451,11 +451,31 @@ async fn report_health(node: Arc<Node>, reporter: HealthReporter, stopping: Canc
         }
         tokio::select! {
             () = stopping.cancelled() => return,
-            changed = server.changed() => if changed.is_err() {
-                // Raft stopped: say so before the task ends.
-                set_liveness(&reporter, false).await;
-                set_health(&reporter, false).await;
-                return;
+            changed = server.changed() => {
+                if changed.is_err() {
+                    // Raft stopped: say so before the task ends.
+                    set_liveness(&reporter, false).await;
+                    set_health(&reporter, false).await;
+                    return;
+                }
+                // Raft sends the server metrics a moment before the full metrics that
+                // readiness reads: wait for those to show the same role and leader.
+                let (state, leader) = {
+                    let s = server.borrow_watched();
+                    (s.state, s.current_leader)
+                };
+                let caught_up = async {
+                    loop {
+                        let same = {
+                            let m = metrics.borrow_watched();
+                            m.state == state && m.current_leader == leader
+                        };
+                        if same || metrics.changed().await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(node.readiness_interval(), caught_up).await;
             },
             () = tokio::time::sleep(node.readiness_interval()) => {}
         }

@@ -18,7 +18,8 @@
 //!   do not wake the writer: they ride with the next append or vote (Raft saves the
 //!   committed mark at every commit, and a sync of its own each time would double the
 //!   syncs per write), or go in a frame of their own once the oldest has waited
-//!   `marker_delay` (20 ms), so an idle log records them too. Replay applies items in
+//!   `marker_delay` (20 ms), so an idle log records them too (an idle writer looks
+//!   every `marker_delay` whether one has come). Replay applies items in
 //!   order, so the log after a restart is the log as the last durable frame left it.
 //! - **A sync error is permanent**: after a failed `fdatasync` the kernel may have dropped
 //!   the dirty pages, so every later write fails too and the node must restart (and

@@ -35,6 +35,7 @@ impl Disk {
     fn crash(&mut self, mut pick: impl FnMut(usize) -> usize) {
         self.generation += 1;
         self.armed = None;
+        self.fail_sync = false;
         for data in self.files.values() {
             let mut d = data.lock();
             let mut kept = d.durable.clone();

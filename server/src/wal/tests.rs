@@ -155,15 +155,20 @@ fn a_lone_mark_is_written_after_the_delay_and_at_close() {
     let (wal, _) = Wal::open(Dir::new(dir.path()).unwrap(), options).unwrap();
     append_sync(&wal, vec![(1, record(1, 0, 40))]);
     let before = syncs(&wal);
+    let queued = std::time::Instant::now();
     wal.save_committed(b"c-1".to_vec());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = queued + std::time::Duration::from_secs(30);
     while syncs(&wal) == before {
         assert!(
             std::time::Instant::now() < deadline,
             "the mark was never written"
         );
-        std::thread::yield_now();
+        std::thread::sleep(std::time::Duration::from_millis(1));
     }
+    assert!(
+        queued.elapsed() >= std::time::Duration::from_millis(5),
+        "the mark waited for a frame to ride with first"
+    );
     // Pending at close: written before the writer stops.
     let options = with_delay(std::time::Duration::from_secs(600));
     drop(wal);

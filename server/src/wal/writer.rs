@@ -1,8 +1,8 @@
 //! The writer thread: everything queued becomes one frame, written and synced once, then
-//! every callback of the batch runs (marks nobody waits for wait, up to
-//! [`Options::marker_delay`](super::Options::marker_delay), for a frame to ride with); entries learn where they are on disk, the cache of
+//! every callback of the batch runs; entries learn where they are on disk, the cache of
 //! written entries is trimmed to its budget, and a durable purge deletes the oldest
-//! segments it covers.
+//! segments it covers. Marks that nobody waits for wait up to
+//! [`Options::marker_delay`](super::Options::marker_delay) for a frame to ride with.
 
 use std::io;
 use std::sync::Arc;
@@ -25,14 +25,17 @@ pub(super) fn write_loop<S: Storage>(shared: &Shared<S>) {
             let delay = shared.options.marker_delay;
             while q.done.is_empty() && !q.stop {
                 let wait = match q.since {
-                    None => delay,
+                    // (Never a zero wait: an idle writer would spin.)
+                    None => delay.max(std::time::Duration::from_millis(1)),
                     Some(since) => {
-                        let due = since + delay;
+                        // (A delay too long to add means: wait for a waiter.)
+                        let due = since.checked_add(delay);
                         let now = Instant::now();
-                        if now >= due {
-                            break;
+                        match due {
+                            Some(due) if now >= due => break,
+                            Some(due) => due - now,
+                            None => delay,
                         }
-                        due - now
                     }
                 };
                 shared.wake.wait_for(&mut q, wait);
