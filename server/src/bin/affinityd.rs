@@ -160,7 +160,7 @@ struct NodeArgs {
     /// Recent events kept so that a broken Watch can resume. [default: 65536]
     #[arg(long, global = true, env = "AFFINITY_WATCH_HISTORY")]
     watch_history: Option<usize>,
-    /// Size of each Raft log segment file, in MiB (preallocated; 1 to 1024). [default: 64]
+    /// Size of each Raft log segment file, in MiB (preallocated; 1 to 1024). [default: 16]
     #[arg(long, global = true, env = "AFFINITY_RAFT_LOG_SEGMENT_MIB")]
     raft_log_segment_mib: Option<u64>,
     /// Leases held before a Resolve that would create one more is refused

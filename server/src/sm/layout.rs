@@ -258,15 +258,22 @@ pub(crate) struct Restorer {
 }
 
 impl Restorer {
-    /// An empty table whose clock is `clock_ms`.
-    pub fn new(clock_ms: i64) -> Self {
+    /// An empty table whose clock is `clock_ms`, for `expected` leases (the snapshot
+    /// header's count). The two index lists are reserved at that size: grown by doubling
+    /// instead, they would touch about twice the memory, and fresh pages (zeroed by the
+    /// kernel) were the largest cost of a restart. The reservation is virtual space: pages
+    /// are touched only as leases arrive, so a header that claims too many costs little
+    /// (and the reservation is capped).
+    pub fn new(clock_ms: i64, expected: u64) -> Self {
+        const MAX_RESERVED: u64 = 1 << 26;
+        let reserve = usize::try_from(expected.min(MAX_RESERVED)).unwrap_or(0);
         let mut table = LeaseTable::new();
         table.clock_ms = clock_ms;
         Self {
             table,
             scope: None,
-            by_end: Vec::new(),
-            by_endpoint: Vec::new(),
+            by_end: Vec::with_capacity(reserve),
+            by_endpoint: Vec::with_capacity(reserve),
         }
     }
 

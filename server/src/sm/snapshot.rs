@@ -214,7 +214,7 @@ fn read_leases<R: Read>(
         let builder = std::thread::Builder::new()
             .name("affinity-restore".into())
             .spawn_scoped(scope, move || {
-                let mut table = super::Restorer::new(clock_ms);
+                let mut table = super::Restorer::new(clock_ms, count);
                 for batch in rx {
                     for lease in &batch {
                         table.push(lease);

@@ -68,7 +68,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            segment_size: 64 << 20,
+            segment_size: 16 << 20,
             cache_bytes: 64 << 20,
             marker_delay: std::time::Duration::from_millis(20),
         }
