@@ -262,18 +262,24 @@ impl Restorer {
     /// header's count). The two index lists are reserved at that size: grown by doubling
     /// instead, they would touch about twice the memory, and fresh pages (zeroed by the
     /// kernel) were the largest cost of a restart. The reservation is virtual space: pages
-    /// are touched only as leases arrive, so a header that claims too many costs little
-    /// (and the reservation is capped).
+    /// are touched only as leases arrive, so a header that claims too many costs little;
+    /// it is capped, and where even that cannot be had the lists grow as before.
     pub fn new(clock_ms: i64, expected: u64) -> Self {
         const MAX_RESERVED: u64 = 1 << 26;
         let reserve = usize::try_from(expected.min(MAX_RESERVED)).unwrap_or(0);
         let mut table = LeaseTable::new();
         table.clock_ms = clock_ms;
+        let (mut by_end, mut by_endpoint) = (Vec::new(), Vec::new());
+        if by_end.try_reserve_exact(reserve).is_err()
+            || by_endpoint.try_reserve_exact(reserve).is_err()
+        {
+            (by_end, by_endpoint) = (Vec::new(), Vec::new());
+        }
         Self {
             table,
             scope: None,
-            by_end: Vec::with_capacity(reserve),
-            by_endpoint: Vec::with_capacity(reserve),
+            by_end,
+            by_endpoint,
         }
     }
 

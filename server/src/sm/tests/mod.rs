@@ -485,6 +485,19 @@ fn damaged_snapshots_are_refused_with_a_reason() {
     let mut longer = good.clone();
     longer.push(0);
     assert!(reason(&longer).contains("follow the trailer"));
+    // A header that claims far more leases than follow is refused as truncated (the
+    // restore reserves room by that count: it must neither abort nor be believed).
+    let mut claims = snapshot::MAGIC.to_vec();
+    claims.extend_from_slice(&snapshot::FORMAT_VERSION_1.to_le_bytes());
+    let header = pb::SnapshotHeader {
+        meta: Some(pb::SnapshotMeta::default()),
+        clock_ms: 0,
+        lease_count: u64::MAX / 2,
+        remembered_count: 0,
+    };
+    claims.extend(prost::Message::encode_length_delimited_to_vec(&header));
+    let why = reason(&claims);
+    assert!(why.contains("truncated"), "{why}");
 }
 
 mod model;
