@@ -265,7 +265,9 @@ impl Restorer {
     /// are touched only as leases arrive, so a header that claims too many costs little;
     /// it is capped, and where even that cannot be had the lists grow as before.
     pub fn new(clock_ms: i64, expected: u64) -> Self {
-        const MAX_RESERVED: u64 = 1 << 26;
+        // 16M leases (above the default `--max-leases`): at most 512 MiB per list, under
+        // the fuzz targets' allocation limit.
+        const MAX_RESERVED: u64 = 1 << 24;
         let reserve = usize::try_from(expected.min(MAX_RESERVED)).unwrap_or(0);
         let mut table = LeaseTable::new();
         table.clock_ms = clock_ms;

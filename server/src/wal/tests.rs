@@ -181,6 +181,33 @@ fn a_lone_mark_is_written_after_the_delay_and_at_close() {
     assert_eq!(wal.markers().committed.as_deref(), Some(&b"c-2"[..]));
 }
 
+#[test]
+fn a_log_written_with_larger_segments_reopens_and_goes_on_in_smaller_ones() {
+    // A node whose segment size setting was lowered (the default went from 64 to 16 MiB)
+    // keeps its old segments as they are and rolls to the new size.
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = Wal::open(Dir::new(dir.path()).unwrap(), small(16 * 1024)).unwrap();
+    for i in 1..=60 {
+        append_sync(&wal, vec![(i, record(i, 0, 60))]);
+    }
+    assert_eq!(wal.segments(), 1, "60 entries fit in one 16 KiB segment");
+    drop(wal);
+    let (wal, recovery) = Wal::open(Dir::new(dir.path()).unwrap(), small(1024)).unwrap();
+    assert!(recovery.torn.is_none());
+    for i in 61..=120 {
+        append_sync(&wal, vec![(i, record(i, 0, 60))]);
+    }
+    assert!(wal.segments() > 2, "new frames roll at the new size");
+    let before = read_all(&wal);
+    assert_eq!(before.len(), 120);
+    drop(wal);
+    let (wal, recovery) = Wal::open(Dir::new(dir.path()).unwrap(), small(1024)).unwrap();
+    assert!(recovery.torn.is_none());
+    assert_eq!(read_all(&wal), before);
+    assert_eq!(before[&30], record(30, 0, 60).to_vec());
+    assert_eq!(before[&120], record(120, 0, 60).to_vec());
+}
+
 /// Append and return what the callback was told.
 fn append_result<S: super::fs::Storage>(
     wal: &Wal<S>,
