@@ -375,14 +375,12 @@ fn serve_grpc(
 async fn raft_stopped(node: &Node) -> String {
     let mut server = node.raft().server_metrics();
     loop {
+        let ended = server.changed().await.is_err();
         if let Err(fatal) = &node.raft().metrics().borrow_watched().running_state {
             return fatal.to_string();
         }
-        if server.changed().await.is_err() {
-            return match &node.raft().metrics().borrow_watched().running_state {
-                Err(fatal) => fatal.to_string(),
-                Ok(()) => "its metrics ended".into(),
-            };
+        if ended {
+            return "its metrics ended".into();
         }
     }
 }

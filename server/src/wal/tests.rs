@@ -41,9 +41,17 @@ fn record(index: u64, version: u64, len: usize) -> Arc<[u8]> {
 
 /// Append and wait until durable.
 fn append_sync<S: super::fs::Storage>(wal: &Wal<S>, entries: Vec<(u64, Arc<[u8]>)>) {
+    append_result(wal, entries).unwrap();
+}
+
+/// Append and return what the callback was told.
+fn append_result<S: super::fs::Storage>(
+    wal: &Wal<S>,
+    entries: Vec<(u64, Arc<[u8]>)>,
+) -> std::io::Result<()> {
     let (tx, rx) = mpsc::channel();
     wal.append(entries, Box::new(move |r| tx.send(r).unwrap()));
-    rx.recv().unwrap().unwrap();
+    rx.recv().unwrap()
 }
 
 fn read_all<S: super::fs::Storage>(wal: &Wal<S>) -> BTreeMap<u64, Vec<u8>> {
@@ -206,16 +214,6 @@ fn a_log_written_with_larger_segments_reopens_and_goes_on_in_smaller_ones() {
     assert_eq!(read_all(&wal), before);
     assert_eq!(before[&30], record(30, 0, 60).to_vec());
     assert_eq!(before[&120], record(120, 0, 60).to_vec());
-}
-
-/// Append and return what the callback was told.
-fn append_result<S: super::fs::Storage>(
-    wal: &Wal<S>,
-    entries: Vec<(u64, Arc<[u8]>)>,
-) -> std::io::Result<()> {
-    let (tx, rx) = mpsc::channel();
-    wal.append(entries, Box::new(move |r| tx.send(r).unwrap()));
-    rx.recv().unwrap()
 }
 
 #[test]
