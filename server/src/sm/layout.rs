@@ -105,6 +105,35 @@ impl Names {
         (id, shared)
     }
 
+    /// The number of `name` without counting a use (a new name starts with none; see
+    /// [`Self::add_use`]), and the shared string.
+    pub fn number(&mut self, name: &str) -> (u32, Arc<str>) {
+        let (id, shared) = self.acquire(name);
+        if let Some(Some((_, uses))) = self.entries.get_mut(id as usize) {
+            *uses -= 1;
+        }
+        (id, shared)
+    }
+
+    /// One lease more uses number `id`; `false` (and nothing counted) if no name has it.
+    pub fn add_use(&mut self, id: u32) -> bool {
+        match self.entries.get_mut(id as usize) {
+            Some(Some((_, uses))) => {
+                *uses += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Free number `id` if no lease uses it.
+    pub fn release_unused(&mut self, id: u32) {
+        if let Some(Some((_, 0))) = self.entries.get(id as usize) {
+            self.add_use(id);
+            self.release(id);
+        }
+    }
+
     /// One lease less uses number `id`.
     pub fn release(&mut self, id: u32) {
         let Some(slot) = self.entries.get_mut(id as usize) else {
@@ -245,78 +274,136 @@ impl LeaseTable {
     }
 }
 
-/// The scope being read by a [`Restorer`]: its shared name, number and records so far.
-type OpenScope = (Arc<str>, u32, Vec<(ClientKey, Record)>);
+/// The scope being read by a [`Restorer`]: its shared name and number.
+type OpenScope = (Arc<str>, u32);
+
+/// An empty list with room for `expected` entries where that much can be had, capped at 512
+/// MiB (at least 16M leases in the largest list, above the default `--max-leases`; under
+/// the fuzz targets' allocation limit).
+fn reserved<T>(expected: u64) -> Vec<T> {
+    const MAX_RESERVED_BYTES: usize = 512 << 20;
+    let cap = MAX_RESERVED_BYTES / size_of::<T>().max(1);
+    let reserve = usize::try_from(expected).map_or(cap, |n| n.min(cap));
+    let mut list = Vec::new();
+    if list.try_reserve_exact(reserve).is_err() {
+        return Vec::new();
+    }
+    list
+}
+
+/// A lease as a snapshot reader hands it to a [`Restorer`]: its scope and endpoint by the
+/// numbers the restorer gave them ([`Restorer::scope`], [`Restorer::endpoint`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RestoredLease {
+    pub endpoint: u32,
+    pub key: ClientKey,
+    pub created_at_ms: i64,
+    pub expires_at_ms: i64,
+    pub idle_timeout_ms: Option<u64>,
+    pub last_used_ms: i64,
+    pub revision: u64,
+}
 
 /// Builds a table from leases in increasing (scope, key) order, as a snapshot holds them,
 /// with every tree built at once from sorted entries (packed nodes).
 pub(crate) struct Restorer {
     table: LeaseTable,
     scope: Option<OpenScope>,
+    /// The records of the open scope; one buffer for every scope.
+    keys: Vec<(ClientKey, Record)>,
     by_end: Vec<(i64, u32, ClientKey)>,
     by_endpoint: Vec<(u32, u32, ClientKey)>,
+    /// Whether every scope so far got a higher number than the one before it. Keys increase
+    /// within a scope, so the endpoint index then arrives ordered by (scope, key) for each
+    /// endpoint, and sorting it by endpoint alone (stably) orders it fully.
+    ascending: bool,
+    /// The number of the scope started last.
+    last_scope: Option<u32>,
 }
 
 impl Restorer {
     /// An empty table whose clock is `clock_ms`, for `expected` leases (the snapshot
-    /// header's count). The two index lists are reserved at that size: grown by doubling
-    /// instead, they would touch about twice the memory, and fresh pages (zeroed by the
-    /// kernel) were the largest cost of a restart. The reservation is virtual space: pages
-    /// are touched only as leases arrive, so a header that claims too many costs little;
-    /// it is capped, and where even that cannot be had the lists grow as before.
+    /// header's count). The two index lists and the records buffer are reserved at that
+    /// size: grown by doubling instead, they would touch about twice the memory, and fresh
+    /// pages (zeroed by the kernel) were the largest cost of a restart. The reservation is
+    /// virtual space: pages are touched only as leases arrive, so a header that claims too
+    /// many costs little; it is capped, and where even that cannot be had the lists grow as
+    /// before.
     pub fn new(clock_ms: i64, expected: u64) -> Self {
-        // 16M leases (above the default `--max-leases`): at most 512 MiB per list, under
-        // the fuzz targets' allocation limit.
-        const MAX_RESERVED: u64 = 1 << 24;
-        let reserve = usize::try_from(expected.min(MAX_RESERVED)).unwrap_or(0);
         let mut table = LeaseTable::new();
         table.clock_ms = clock_ms;
-        let (mut by_end, mut by_endpoint) = (Vec::new(), Vec::new());
-        if by_end.try_reserve_exact(reserve).is_err()
-            || by_endpoint.try_reserve_exact(reserve).is_err()
-        {
-            (by_end, by_endpoint) = (Vec::new(), Vec::new());
-        }
         Self {
             table,
             scope: None,
-            by_end,
-            by_endpoint,
+            keys: reserved(expected),
+            by_end: reserved(expected),
+            by_endpoint: reserved(expected),
+            ascending: true,
+            last_scope: None,
         }
     }
 
-    /// Add the next lease; the caller has checked that (scope, key) increases.
-    pub fn push(&mut self, lease: &Lease) {
-        let record = self
-            .table
-            .new_record(&lease.endpoint, lease, lease.revision);
-        let (scope_id, shared) = self.table.scopes.acquire(&lease.scope);
-        if self
-            .scope
-            .as_ref()
-            .is_none_or(|(name, _, _)| **name != *lease.scope)
-        {
-            self.flush();
-            self.scope = Some((shared, scope_id, Vec::new()));
+    /// Start the leases of scope `name`, which sorts after every scope before it; the leases
+    /// pushed from now on are its own.
+    pub fn scope(&mut self, name: &str) {
+        self.flush(false);
+        // Numbered with no lease yet: each push counts one use.
+        let (id, shared) = self.table.scopes.number(name);
+        if let Some(previous) = self.last_scope {
+            self.ascending &= id > previous;
         }
-        self.by_end.push((record.end_ms(), scope_id, lease.key));
+        self.last_scope = Some(id);
+        self.scope = Some((shared, id));
+    }
+
+    /// The number of endpoint `name` for [`RestoredLease::endpoint`]; a reader asks once
+    /// per distinct endpoint.
+    pub fn endpoint(&mut self, name: &str) -> u32 {
+        self.table.endpoints.number(name).0
+    }
+
+    /// Add the next lease of the current scope; the caller has checked that keys increase.
+    /// Without a scope started, or with an endpoint number [`Self::endpoint`] did not give,
+    /// the lease is refused (`false`).
+    pub fn push(&mut self, lease: &RestoredLease) -> bool {
+        let Some((_, scope_id)) = &self.scope else {
+            return false;
+        };
+        if !self.table.endpoints.add_use(lease.endpoint) {
+            return false;
+        }
+        self.table.scopes.add_use(*scope_id);
+        let record = Record {
+            endpoint: lease.endpoint,
+            created_at_ms: lease.created_at_ms,
+            expires_at_ms: lease.expires_at_ms,
+            idle_timeout_ms: idle(lease.idle_timeout_ms),
+            last_used_ms: lease.last_used_ms,
+            revision: lease.revision,
+        };
+        self.by_end.push((record.end_ms(), *scope_id, lease.key));
         self.by_endpoint
-            .push((record.endpoint, scope_id, lease.key));
-        if let Some((_, _, keys)) = &mut self.scope {
-            keys.push((lease.key, record));
-        }
+            .push((record.endpoint, *scope_id, lease.key));
+        self.keys.push((lease.key, record));
         self.table.count += 1;
+        true
     }
 
-    fn flush(&mut self) {
-        if let Some((name, id, keys)) = self.scope.take() {
-            self.table.leases.insert(
-                name,
-                Scope {
-                    id,
-                    keys: keys.into_iter().collect(),
-                },
-            );
+    /// Close the open scope: its tree is built from the records buffer, which the last
+    /// scope hands over whole and the others copy out of, so that the buffer is reused.
+    fn flush(&mut self, last: bool) {
+        if let Some((name, id)) = self.scope.take() {
+            if self.keys.is_empty() {
+                // Started but given no lease: its number goes again.
+                self.table.scopes.release_unused(id);
+                return;
+            }
+            let keys = if last {
+                std::mem::take(&mut self.keys).into_iter().collect()
+            } else {
+                self.keys.drain(..).collect()
+            };
+            self.table.leases.insert(name, Scope { id, keys });
         }
     }
 
@@ -327,25 +414,36 @@ impl Restorer {
 
     /// The table.
     pub fn finish(mut self) -> LeaseTable {
-        self.flush();
-        let (mut by_end, mut by_endpoint) = (self.by_end, self.by_endpoint);
-        // The two indexes are independent: build one on a second thread (a restart with
-        // millions of leases waits for both).
+        let mut by_end = std::mem::take(&mut self.by_end);
+        let mut by_endpoint = std::mem::take(&mut self.by_endpoint);
+        let ascending = self.ascending;
+        // The last scope's tree and the two indexes are independent: each is built on a
+        // thread of its own (a restart with millions of leases waits for all three).
         let (by_end, by_endpoint) = std::thread::scope(|scope| {
-            let other = scope.spawn(move || {
-                by_endpoint.sort_unstable();
+            let by_endpoint = scope.spawn(move || {
+                if ascending {
+                    // Few distinct endpoints, each run already in order: far cheaper than a
+                    // full sort of millions of entries.
+                    by_endpoint.sort_by_key(|&(endpoint, _, _)| endpoint);
+                } else {
+                    by_endpoint.sort_unstable();
+                }
                 by_endpoint.into_iter().collect()
             });
-            by_end.sort_unstable();
-            let by_end = by_end.into_iter().collect();
-            (by_end, other.join())
+            let by_end = scope.spawn(move || {
+                by_end.sort_unstable();
+                by_end.into_iter().collect()
+            });
+            self.flush(true);
+            (by_end.join(), by_endpoint.join())
         });
-        self.table.by_end = by_end;
-        self.table.by_endpoint = match by_endpoint {
-            Ok(index) => index,
-            // Sorting and collecting cannot panic short of running out of memory.
-            Err(panic) => std::panic::resume_unwind(panic),
-        };
+        for id in 0..u32::try_from(self.table.endpoints.entries.len()).unwrap_or(u32::MAX) {
+            self.table.endpoints.release_unused(id);
+        }
+        // Sorting and collecting cannot panic short of running out of memory.
+        self.table.by_end = by_end.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        self.table.by_endpoint =
+            by_endpoint.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         self.table
     }
 }

@@ -20,7 +20,8 @@
 //! log position and membership the snapshot covers), so that a snapshot file describes
 //! itself, for example as a backup.
 
-use std::io::{self, BufReader, Read, Write};
+use std::collections::HashMap;
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::sync::Arc;
 
 use affinity_proto::request::{check_endpoint, check_scope};
@@ -28,6 +29,7 @@ use affinity_proto::{ClientKey, pb};
 use prost::Message;
 
 use super::LeaseTable;
+use super::layout::RestoredLease;
 use super::lease::{Lease, prefix_from_pb};
 
 /// First bytes of every snapshot.
@@ -200,27 +202,62 @@ pub fn read<R: Read>(input: R) -> Result<Decoded, SnapshotError> {
 /// Leases decoded (and checked) per batch handed to the thread that builds the table.
 const BUILD_BATCH: usize = 4096;
 
+/// What the reader hands the table builder, in order.
+enum Step {
+    /// The leases that follow are of this scope (it sorts after the one before).
+    Scope(String),
+    /// A new endpoint: the next number for [`RestoredLease::endpoint`], counting from 0.
+    Endpoint(String),
+    /// A lease of the current scope.
+    Lease(RestoredLease),
+}
+
 /// Read `count` leases into a table whose clock is `clock_ms`. Decoding and checking the records
 /// (this thread) and building the table from them (a second thread) overlap, which is
 /// most of what a restart with millions of leases waits for.
-fn read_leases<R: Read>(
+fn read_leases<R: BufRead>(
     input: &mut R,
     buf: &mut Vec<u8>,
     clock_ms: i64,
     count: u64,
 ) -> Result<super::Restorer, SnapshotError> {
-    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Lease>>(4);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Step>>(4);
     std::thread::scope(|scope| {
         let builder = std::thread::Builder::new()
             .name("affinity-restore".into())
             .spawn_scoped(scope, move || {
                 let mut table = super::Restorer::new(clock_ms, count);
+                // The reader's endpoint numbers, in the table's numbering.
+                let mut endpoints: Vec<u32> = Vec::new();
                 for batch in rx {
-                    for lease in &batch {
-                        table.push(lease);
+                    for step in batch {
+                        let pushed = match step {
+                            Step::Scope(name) => {
+                                table.scope(&name);
+                                true
+                            }
+                            Step::Endpoint(name) => {
+                                endpoints.push(table.endpoint(&name));
+                                true
+                            }
+                            Step::Lease(mut lease) => {
+                                match endpoints.get(lease.endpoint as usize) {
+                                    Some(&id) => {
+                                        lease.endpoint = id;
+                                        table.push(&lease)
+                                    }
+                                    None => false,
+                                }
+                            }
+                        };
+                        if !pushed {
+                            return Err(SnapshotError::Io(io::Error::other(
+                                "the snapshot reader handed on a lease out of order",
+                            )));
+                        }
                     }
                 }
-                table
+                Ok(table)
             })
             .map_err(SnapshotError::Io)?;
         let decoded = decode_leases(input, buf, count, &tx);
@@ -228,34 +265,87 @@ fn read_leases<R: Read>(
         let table = builder
             .join()
             .map_err(|_| SnapshotError::Io(io::Error::other("the table builder panicked")))?;
-        decoded.map(|()| table)
+        // A reader's error says what is wrong with the file; the builder then only saw
+        // the channel close.
+        decoded.and(table)
     })
 }
 
-/// Decode `count` leases, checking each and their order, and send them on in batches.
-fn decode_leases<R: Read>(
+/// Decode `count` leases, checking each and their order, and send them on in batches. The
+/// record is decoded into one reused message, and a scope or endpoint is checked and
+/// copied once, when it first appears: leases repeat a few of them millions of times.
+fn decode_leases<R: BufRead>(
     input: &mut R,
     buf: &mut Vec<u8>,
     count: u64,
-    tx: &std::sync::mpsc::SyncSender<Vec<Lease>>,
+    tx: &std::sync::mpsc::SyncSender<Vec<Step>>,
 ) -> Result<(), SnapshotError> {
-    let mut previous: Option<(Arc<str>, ClientKey)> = None;
+    let mut stored = pb::StoredLease::default();
+    let mut scope: Option<String> = None;
+    let mut previous_key: Option<ClientKey> = None;
+    let mut endpoints: HashMap<String, u32> = HashMap::new();
     let mut batch = Vec::with_capacity(BUILD_BATCH);
     for n in 0..count {
-        let stored: pb::StoredLease = read_record(input, buf, "lease")?;
-        let lease = lease_from_stored(stored)
-            .map_err(|e| SnapshotError::Corrupt(format!("lease #{n}: {e}")))?;
-        if let Some((scope, key)) = &previous
-            && (&**scope, key) >= (&*lease.scope, &lease.key)
-        {
-            return Err(SnapshotError::Corrupt(format!(
-                "lease #{n} ({} {}) is not after the previous one: keys must increase",
-                lease.scope, lease.key
+        stored.scope.clear();
+        stored.endpoint.clear();
+        stored.prefix = None;
+        stored.created_at_ms = 0;
+        stored.expires_at_ms = 0;
+        stored.revision = 0;
+        stored.idle_timeout_ms = None;
+        stored.last_used_ms = 0;
+        read_record_into(input, buf, "lease", &mut stored)?;
+        let corrupt = |e: String| SnapshotError::Corrupt(format!("lease #{n}: {e}"));
+        let same_scope = scope.as_deref() == Some(stored.scope.as_str());
+        if !same_scope {
+            check_scope("scope", &stored.scope).map_err(|e| corrupt(e.to_string()))?;
+        }
+        let endpoint = endpoints.get(stored.endpoint.as_str()).copied();
+        if endpoint.is_none() {
+            check_endpoint("endpoint", &stored.endpoint).map_err(|e| corrupt(e.to_string()))?;
+        }
+        let key = prefix_from_pb(stored.prefix.as_ref()).map_err(|e| corrupt(e.to_string()))?;
+        if stored.expires_at_ms < stored.created_at_ms {
+            return Err(corrupt(format!(
+                "expires_at_ms {} is before created_at_ms {}",
+                stored.expires_at_ms, stored.created_at_ms
             )));
         }
-        previous = Some((Arc::clone(&lease.scope), lease.key));
-        batch.push(lease);
-        if batch.len() == BUILD_BATCH {
+        let after = match (&scope, previous_key) {
+            (Some(_), Some(previous)) if same_scope => key > previous,
+            (Some(current), _) => stored.scope.as_str() > current.as_str(),
+            (None, _) => true,
+        };
+        if !after {
+            return Err(SnapshotError::Corrupt(format!(
+                "lease #{n} ({} {key}) is not after the previous one: keys must increase",
+                stored.scope
+            )));
+        }
+        if !same_scope {
+            scope = Some(stored.scope.clone());
+            batch.push(Step::Scope(stored.scope.clone()));
+        }
+        previous_key = Some(key);
+        let endpoint = if let Some(number) = endpoint {
+            number
+        } else {
+            let number = u32::try_from(endpoints.len())
+                .map_err(|_| corrupt("more distinct endpoints than a table can number".into()))?;
+            endpoints.insert(stored.endpoint.clone(), number);
+            batch.push(Step::Endpoint(stored.endpoint.clone()));
+            number
+        };
+        batch.push(Step::Lease(RestoredLease {
+            endpoint,
+            key,
+            created_at_ms: stored.created_at_ms,
+            expires_at_ms: stored.expires_at_ms,
+            idle_timeout_ms: stored.idle_timeout_ms,
+            last_used_ms: stored.last_used_ms,
+            revision: stored.revision,
+        }));
+        if batch.len() >= BUILD_BATCH {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(BUILD_BATCH));
             tx.send(full)
                 .map_err(|_| SnapshotError::Io(io::Error::other("the table builder stopped")))?;
@@ -318,11 +408,24 @@ fn write_record<W: Write, M: Message>(
     Ok(())
 }
 
-fn read_record<R: Read, M: Message + Default>(
+fn read_record<R: BufRead, M: Message + Default>(
     input: &mut R,
     buf: &mut Vec<u8>,
     what: &str,
 ) -> Result<M, SnapshotError> {
+    let mut msg = M::default();
+    read_record_into(input, buf, what, &mut msg)?;
+    Ok(msg)
+}
+
+/// Read one length-prefixed record into `msg`, whose fields the caller has reset (so that
+/// strings keep their allocations from one record to the next).
+fn read_record_into<R: BufRead, M: Message>(
+    input: &mut R,
+    buf: &mut Vec<u8>,
+    what: &str,
+    msg: &mut M,
+) -> Result<(), SnapshotError> {
     let len = read_varint(input).map_err(|e| match e {
         SnapshotError::Io(io) if io.kind() == io::ErrorKind::UnexpectedEof => {
             SnapshotError::Corrupt(format!("truncated before the {what} record"))
@@ -335,10 +438,21 @@ fn read_record<R: Read, M: Message + Default>(
         )));
     }
     // `len` is bounded above, so it fits in usize.
-    buf.resize(usize::try_from(len).unwrap_or(0), 0);
-    read_exact_or_corrupt(input, buf, what)?;
-    M::decode(buf.as_slice())
-        .map_err(|e| SnapshotError::Corrupt(format!("{what} record does not decode: {e}")))
+    let len = usize::try_from(len).unwrap_or(0);
+    let decoded = match input.fill_buf()? {
+        // Most records lie whole in the read buffer: decode them where they are.
+        buffered if buffered.len() >= len => {
+            let decoded = msg.merge(&buffered[..len]);
+            input.consume(len);
+            decoded
+        }
+        _ => {
+            buf.resize(len, 0);
+            read_exact_or_corrupt(input, buf, what)?;
+            msg.merge(buf.as_slice())
+        }
+    };
+    decoded.map_err(|e| SnapshotError::Corrupt(format!("{what} record does not decode: {e}")))
 }
 
 fn read_exact_or_corrupt<R: Read>(
@@ -355,7 +469,19 @@ fn read_exact_or_corrupt<R: Read>(
     })
 }
 
-fn read_varint<R: Read>(input: &mut R) -> Result<u64, SnapshotError> {
+fn read_varint<R: BufRead>(input: &mut R) -> Result<u64, SnapshotError> {
+    // From the read buffer when the whole varint is there (the usual case).
+    let buffered = input.fill_buf()?;
+    if let Some(end) = buffered.iter().take(10).position(|byte| byte & 0x80 == 0) {
+        let value = buffered[..=end]
+            .iter()
+            .zip((0..64).step_by(7))
+            .fold(0u64, |value, (byte, shift)| {
+                value | u64::from(byte & 0x7f) << shift
+            });
+        input.consume(end + 1);
+        return Ok(value);
+    }
     let mut value: u64 = 0;
     for shift in (0..64).step_by(7) {
         let mut byte = [0u8; 1];
@@ -397,6 +523,21 @@ impl<W: Write> Write for Checksummed<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
+    }
+}
+
+/// Reading through the buffer: what is consumed is counted and checksummed.
+impl<R: Read> BufRead for Checksummed<BufReader<R>> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+
+    fn consume(&mut self, amount: usize) {
+        let buffered = self.inner.buffer();
+        let amount = amount.min(buffered.len());
+        self.hasher.update(&buffered[..amount]);
+        self.bytes += amount as u64;
+        self.inner.consume(amount);
     }
 }
 
