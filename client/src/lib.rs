@@ -85,7 +85,8 @@
 //! - `transport`: channels to every node, leader tracking, retries;
 //! - `watch`: the `Watch` stream that keeps the cache current;
 //! - [`fallback`]: rendezvous hashing;
-//! - [`gateway`]: Gateway API configuration;
+//! - [`gateway`]: Gateway API configuration: the `sessionPersistence` block, and the route
+//!   file ([`gateway::routes`]) that data planes share;
 //! - [`error`]: the one error type, [`ClientError`].
 
 mod breaker;

@@ -4,7 +4,8 @@
 //! rules and sends each client IP (or subnet, under the rule's `ipMask`) to the same backend
 //! on every gateway replica.
 //!
-//! - [`routes`]: the route file (HTTPRoute documents and a `Backends` document);
+//! - [`routes`]: the route file (HTTPRoute documents and a `Backends` document), the
+//!   client crate's parser, which other data planes share;
 //! - [`backends`]: the route file ready to serve, and backend health (Pingora's checks);
 //! - [`client_ip`]: the client address, from the socket or a trusted `X-Forwarded-For` hop;
 //! - [`proxy`]: the per-request decision (cache, store, fallback, round robin) and retries;
@@ -19,7 +20,4 @@ pub mod backends;
 pub mod client_ip;
 pub mod proxy;
 pub mod reload;
-pub mod routes;
-
-#[cfg(test)]
-mod routes_tests;
+pub use affinity_client::gateway::routes;

@@ -24,7 +24,7 @@
 //! `namespace/name/rule-index`, so two rules never share stickiness even when they share a
 //! Service (GEP-1619). Matches: `PathPrefix` (the default) and `Exact` paths; header, query
 //! and method matches and filters are refused with an error naming the field, rather than
-//! silently ignored. Fields this gateway does not act on (`parentRefs`, `timeouts`, ...)
+//! silently ignored. Fields a data plane does not act on (`parentRefs`, `timeouts`, ...)
 //! are accepted and ignored.
 
 use std::collections::BTreeMap;
@@ -267,7 +267,7 @@ impl WireRoute {
             if !rule.filters.is_empty() {
                 return Err(ValidationError::new(
                     here(".filters"),
-                    "filters are not supported by affinity-gateway",
+                    "filters are not supported",
                 ));
             }
             let mut matches = Vec::new();

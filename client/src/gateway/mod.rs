@@ -1,10 +1,16 @@
 //! Gateway API configuration: the `sessionPersistence` block of a route rule, from the YAML
-//! or JSON a gateway reads, to a [`Policy`].
+//! or JSON a gateway reads, to a [`Policy`]; and [`routes`], the route file (`HTTPRoute`
+//! documents and the endpoints behind their Services) that the example gateway and any
+//! other data plane built on this crate read.
 //!
 //! The rules (type `ClientIP`, GEP-2257 durations, `ipMask` and the per-family masks) live in
 //! `affinity-proto`, shared with the store; this module only parses text.
 
 use affinity_proto::{Policy, SessionPersistence, ValidationError};
+
+pub mod routes;
+#[cfg(test)]
+mod routes_tests;
 
 /// The policy of a `sessionPersistence` block written in YAML.
 pub fn policy_from_yaml(text: &str) -> Result<Policy, ValidationError> {

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::routes::{PathMatch, RouteTable};
+use super::routes::{PathMatch, RouteTable};
 
 const FILE: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
