@@ -85,8 +85,9 @@
 //! - `transport`: channels to every node, leader tracking, retries;
 //! - `watch`: the `Watch` stream that keeps the cache current;
 //! - [`fallback`]: rendezvous hashing;
-//! - [`gateway`]: Gateway API configuration: the `sessionPersistence` block, and the route
-//!   file ([`gateway::routes`]) that data planes share;
+//! - [`gateway`]: Gateway API configuration: the `sessionPersistence` block, the route
+//!   file ([`gateway::routes`]) and the client address ([`gateway::client_ip`]) that data
+//!   planes share;
 //! - [`error`]: the one error type, [`ClientError`].
 
 mod breaker;

@@ -14,7 +14,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use affinity_client::{AffinityClient, Resolve, Source};
+use affinity_client::gateway::Decided;
+use affinity_client::{AffinityClient, Resolve};
 use affinity_proto::ClientKey;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -26,46 +27,6 @@ use pingora::{Error, ErrorType};
 
 use crate::backends::{Loaded, RuleState};
 use crate::client_ip::{Origin, client_ip};
-
-/// How a request's backend was chosen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decided {
-    /// From this replica's lease cache.
-    Cache,
-    /// From the store.
-    Store {
-        /// The store created the lease on this request.
-        created: bool,
-        /// The store replaced a lease whose backend was not eligible.
-        replaced: bool,
-    },
-    /// The store did not answer in time: rendezvous hashing over the eligible backends.
-    Fallback,
-    /// The rule has no session persistence: round robin.
-    RoundRobin,
-}
-
-impl Decided {
-    /// The `affinity-decision` header value (and metric label).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Decided::Cache => "cache",
-            Decided::Store { .. } => "store",
-            Decided::Fallback => "fallback",
-            Decided::RoundRobin => "round-robin",
-        }
-    }
-
-    /// The `affinity-lease` header value: what the store did with the lease.
-    fn lease(self) -> Option<&'static str> {
-        match self {
-            Decided::Store { created: true, .. } => Some("created"),
-            Decided::Store { replaced: true, .. } => Some("replaced"),
-            Decided::Store { .. } => Some("kept"),
-            _ => None,
-        }
-    }
-}
 
 /// Settings of the proxy that do not change on reload.
 #[derive(Debug, Clone)]
@@ -187,12 +148,7 @@ impl Gateway {
                 tracing::warn!(%scope, client = %ctx.ip, error = %e, "no decision from the store");
                 status(503, format!("rule {scope}: {e}"))
             })?;
-        let decided = match decision.source {
-            Source::Cache => Decided::Cache,
-            Source::Store { created, replaced } => Decided::Store { created, replaced },
-            // `Source` may grow; anything else is not the store's decision.
-            _ => Decided::Fallback,
-        };
+        let decided = Decided::from_source(decision.source);
         let endpoint = decision.endpoint.as_str();
         let i = index_of(endpoint).ok_or_else(|| {
             status(

@@ -26,43 +26,27 @@ pub fn load(path: &std::path::Path) -> Result<(Vec<u8>, Loaded), String> {
     Ok((bytes, loaded))
 }
 
-/// Watch `path` every `interval`; `current` is the content in force.
+/// Watch `path` every `interval`; `current` is the content in force. A file that parses
+/// replaces the routes whole and the health checker's membership.
 pub async fn watch(
     path: PathBuf,
     interval: Duration,
-    mut current: Vec<u8>,
+    current: Vec<u8>,
     routes: Arc<ArcSwap<Loaded>>,
     membership: Arc<Membership>,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Ok(bytes) = tokio::fs::read(&path).await else {
-            // A ConfigMap update briefly removes the file; the next tick sees the new one.
-            continue;
-        };
-        if bytes == current {
-            continue;
-        }
-        let parsed = std::str::from_utf8(&bytes)
-            .map_err(|_| "not UTF-8".to_string())
-            .and_then(|text| Loaded::parse(text).map_err(|e| e.to_string()));
-        match parsed {
-            Ok(loaded) => {
-                let rules = loaded.rules.len();
-                membership.set(loaded.backends());
-                routes.store(Arc::new(loaded));
-                metrics::counter!("affinity_gateway_route_reloads_total", "result" => "ok")
-                    .increment(1);
-                tracing::info!(path = %path.display(), rules, "route file reloaded");
-            }
-            Err(e) => {
-                metrics::counter!("affinity_gateway_route_reloads_total", "result" => "error")
-                    .increment(1);
-                tracing::error!(path = %path.display(), error = %e, "route file not reloaded; keeping the routes in force");
-            }
-        }
-        current = bytes;
-    }
+    affinity_client::gateway::routes::watch_file(
+        path,
+        interval,
+        current,
+        |text| Loaded::parse(text).map_err(|e| e.to_string()),
+        move |loaded| {
+            let rules = loaded.rules.len();
+            membership.set(loaded.backends());
+            routes.store(Arc::new(loaded));
+            rules
+        },
+        "affinity_gateway_route_reloads_total",
+    )
+    .await;
 }

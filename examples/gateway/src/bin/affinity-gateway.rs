@@ -11,10 +11,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use affinity_client::{AffinityClient, ClientTls, FailMode};
+use affinity_client::gateway::serve;
+use affinity_client::{AffinityClient, FailMode};
 use affinity_gateway::backends::{Membership, health_checker};
 use affinity_gateway::proxy::{Gateway, Settings};
-use affinity_gateway::{admin, reload};
+use affinity_gateway::reload;
 use affinity_proto::GatewayDuration;
 use arc_swap::ArcSwap;
 use clap::{Parser, ValueEnum};
@@ -135,22 +136,6 @@ enum LogFormat {
     Json,
 }
 
-fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .map_err(|e| format!("--log-level {level:?}: {e}"))?;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr);
-    let installed = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-    };
-    installed.map_err(|e| format!("logging: {e}"))
-}
-
 fn check_listen(flag: &str, addr: &str) -> Result<SocketAddr, String> {
     let parsed: SocketAddr = addr
         .parse()
@@ -162,7 +147,7 @@ fn check_listen(flag: &str, addr: &str) -> Result<SocketAddr, String> {
 }
 
 fn run(cli: &Cli) -> Result<(), String> {
-    init_logging(cli.log_format, &cli.log_level)?;
+    serve::init_logging(matches!(cli.log_format, LogFormat::Json), &cli.log_level)?;
     if cli.threads == 0 {
         return Err("--threads must be at least 1".into());
     }
@@ -182,7 +167,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         addr => Some(check_listen("metrics-listen", addr)?),
     };
     let (content, loaded) = reload::load(&cli.routes)?;
-    let handle = admin::install_recorder()?;
+    let handle = serve::install_recorder()?;
 
     let membership = Arc::new(Membership::default());
     let backends = loaded.backends();
@@ -203,43 +188,15 @@ fn run(cli: &Cli) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the client runtime: {e}"))?;
-    let tls = match &cli.store_tls_ca {
-        Some(ca) => Some(
-            ClientTls::from_files(
-                ca,
-                cli.store_tls_cert.as_deref(),
-                cli.store_tls_key.as_deref(),
-            )
-            .map_err(|e| format!("--store-tls-*: {e}"))?,
-        ),
-        None if cli.store_tls_cert.is_some() || cli.store_tls_key.is_some() => {
-            return Err("--store-tls-cert and --store-tls-key need --store-tls-ca".into());
-        }
-        None => None,
-    };
-    let token = match &cli.store_token_file {
-        Some(_) if cli.store_tls_ca.is_none() => {
-            return Err(
-                "--store-token-file needs --store-tls-ca: a token must not cross the network in plaintext"
-                    .into(),
-            );
-        }
-        Some(path) => Some(
-            std::fs::read_to_string(path)
-                .map(|t| t.trim().to_string())
-                .map_err(|e| format!("--store-token-file {}: {e}", path.display()))?,
-        ),
-        None => None,
-    };
     let client = {
         let _inside = runtime.enter();
-        let mut builder = AffinityClient::builder();
-        if let Some(tls) = tls {
-            builder = builder.tls(tls);
-        }
-        if let Some(token) = token {
-            builder = builder.token(token);
-        }
+        let builder = affinity_client::gateway::store_security(
+            AffinityClient::builder(),
+            cli.store_tls_ca.as_deref(),
+            cli.store_tls_cert.as_deref(),
+            cli.store_tls_key.as_deref(),
+            cli.store_token_file.as_deref(),
+        )?;
         builder
             .endpoints(cli.store.iter().cloned())
             .request_timeout(cli.store_timeout.as_std())
@@ -262,7 +219,12 @@ fn run(cli: &Cli) -> Result<(), String> {
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind(addr))
             .map_err(|e| format!("cannot listen on {addr} (--metrics-listen): {e}"))?;
-        runtime.spawn(admin::serve(listener, handle, client.clone()));
+        runtime.spawn(serve::serve_admin(
+            listener,
+            handle,
+            client.clone(),
+            "affinity_gateway_cached_leases",
+        ));
         tracing::info!(%addr, "admin endpoint (/metrics, /healthz, /readyz) listening");
     }
 
