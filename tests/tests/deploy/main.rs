@@ -79,20 +79,4 @@ pub fn out_dir(test: &str) -> PathBuf {
     dir
 }
 
-/// Whether a missing tool fails the test (CI) or skips it.
-pub fn tools_required() -> bool {
-    std::env::var("AFFINITY_REQUIRE_DOCKER").is_ok_and(|v| v == "1")
-}
-
-/// Say loudly that a check is skipped (or fail, when tools are required).
-pub fn skip(test: &str, why: &str) {
-    use std::io::Write as _;
-    assert!(
-        !tools_required(),
-        "{test}: {why} (AFFINITY_REQUIRE_DOCKER=1 requires it; tests/install-deps.sh installs it)"
-    );
-    let _ = writeln!(
-        std::io::stderr(),
-        "\n*** SKIPPED {test}: {why}; run tests/install-deps.sh to install it ***\n"
-    );
-}
+pub use affinity_tests::tools::{required as tools_required, skip};

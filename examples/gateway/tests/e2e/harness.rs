@@ -1,18 +1,16 @@
-//! Real processes for the end-to-end tests: backends, gateway replicas, and an HTTP client
-//! that sends from a chosen loopback source address.
+//! Real processes for the end-to-end tests: backends and gateway replicas; the HTTP client
+//! that sends from a chosen loopback source address is the test harness's.
 
-use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use affinity_tests::wait;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
 
 pub use affinity_tests::cluster::reserve_port;
+pub use affinity_tests::http::get_ok;
 
 /// An `affinity-backend` process.
 pub struct Backend {
@@ -177,109 +175,6 @@ impl Drop for Gateway {
             }
         }
     }
-}
-
-/// One HTTP response.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub status: u16,
-    pub headers: HashMap<String, String>,
-    pub body: String,
-}
-
-impl Answer {
-    /// The backend that answered (its `x-backend` header).
-    pub fn backend(&self) -> &str {
-        self.header("x-backend")
-    }
-
-    /// A header's value, or "" when absent.
-    pub fn header(&self, name: &str) -> &str {
-        self.headers.get(name).map_or("", String::as_str)
-    }
-}
-
-/// `GET path` through `gateway`, sent from `source` (a loopback address), with `headers`.
-pub async fn get(
-    gateway: SocketAddr,
-    source: IpAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Result<Answer, String> {
-    let exchange = async {
-        let socket = TcpSocket::new_v4().map_err(|e| e.to_string())?;
-        socket
-            .bind(SocketAddr::new(source, 0))
-            .map_err(|e| format!("bind {source}: {e}"))?;
-        let mut stream = socket
-            .connect(gateway)
-            .await
-            .map_err(|e| format!("connect {gateway}: {e}"))?;
-        let mut request = format!("GET {path} HTTP/1.1\r\nconnection: close\r\n");
-        if !headers
-            .iter()
-            .any(|(name, _)| name.eq_ignore_ascii_case("host"))
-        {
-            request.push_str("host: web.test\r\n");
-        }
-        for (name, value) in headers {
-            request = request + name + ": " + value + "\r\n";
-        }
-        request.push_str("\r\n");
-        stream
-            .write_all(request.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut raw = Vec::new();
-        stream
-            .read_to_end(&mut raw)
-            .await
-            .map_err(|e| e.to_string())?;
-        let text = String::from_utf8_lossy(&raw).to_string();
-        let (head, body) = text
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| format!("no complete head in {text:?}"))?;
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| format!("no status line in {head:?}"))?;
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        Ok(Answer {
-            status,
-            headers,
-            body: body.to_string(),
-        })
-    };
-    tokio::time::timeout(Duration::from_secs(10), exchange)
-        .await
-        .map_err(|_| format!("no answer from {gateway} within 10 s"))?
-}
-
-/// Like [`get`], but a failure or a status other than 200 fails the test.
-pub async fn get_ok(
-    gateway: SocketAddr,
-    source: IpAddr,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Answer {
-    let answer = get(gateway, source, path, headers)
-        .await
-        .unwrap_or_else(|e| panic!("GET {path} from {source} via {gateway}: {e}"));
-    assert_eq!(
-        answer.status, 200,
-        "GET {path} from {source} via {gateway}: {answer:?}"
-    );
-    assert_eq!(
-        answer.body,
-        format!("{}\n", answer.backend()),
-        "the body is the backend's name"
-    );
-    answer
 }
 
 /// The route file: a sticky rule on `/` (mask `mask`, 10 minutes), a sticky rule on
