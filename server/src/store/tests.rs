@@ -104,6 +104,30 @@ async fn acknowledged_entries_and_vote_survive_reopen() {
     );
 }
 
+/// A sled database opened by hand, without sled's background flusher.
+fn raw_sled(path: &Path) -> sled::Db {
+    sled::Config::new()
+        .path(path)
+        .flush_every_ms(None)
+        .open()
+        .unwrap()
+}
+
+/// [`open`] right after a hand-opened sled handle was dropped: sled's worker threads let go
+/// of the directory's lock a moment after the drop, so while `open` says `Locked`, ask
+/// again (for at most 10 s); any other answer is returned.
+fn open_after_raw(dir: &Path) -> Result<Storage, StoreError> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match open(dir, &StoreOptions::default()) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
+}
+
 #[tokio::test]
 async fn data_version_is_written_once_and_checked() {
     let dir = tempfile::tempdir().unwrap();
@@ -113,7 +137,7 @@ async fn data_version_is_written_once_and_checked() {
 
     // A future version is refused, naming both versions.
     {
-        let db = sled::open(dir.path().join("raft")).unwrap();
+        let db = raw_sled(&dir.path().join("raft"));
         let meta = db.open_tree("meta").unwrap();
         let info = pb::StoreInfo {
             data_version: 99,
@@ -122,7 +146,7 @@ async fn data_version_is_written_once_and_checked() {
         meta.insert(keys::STORE_INFO, info.encode_to_vec()).unwrap();
         db.flush().unwrap();
     }
-    let err = open(dir.path(), &StoreOptions::default()).err().unwrap();
+    let err = open_after_raw(dir.path()).err().unwrap();
     assert!(
         matches!(err, StoreError::UnsupportedVersion { found: 99, .. }),
         "{err}"
@@ -132,16 +156,14 @@ async fn data_version_is_written_once_and_checked() {
     // A sled database affinity did not write is refused.
     let foreign = tempfile::tempdir().unwrap();
     {
-        let db = sled::open(foreign.path().join("raft")).unwrap();
+        let db = raw_sled(&foreign.path().join("raft"));
         db.open_tree("meta")
             .unwrap()
             .insert(b"other", b"x")
             .unwrap();
         db.flush().unwrap();
     }
-    let err = open(foreign.path(), &StoreOptions::default())
-        .err()
-        .unwrap();
+    let err = open_after_raw(foreign.path()).err().unwrap();
     assert!(matches!(err, StoreError::Foreign { .. }), "{err}");
 }
 

@@ -31,7 +31,7 @@ fn copy_dir(from: &Path, to: &Path) {
 }
 
 fn data_version(dir: &Path) -> u32 {
-    let db = sled::open(dir.join("raft")).unwrap();
+    let db = raw_sled(&dir.join("raft"));
     let bytes = db
         .open_tree("meta")
         .unwrap()
@@ -53,7 +53,7 @@ async fn export_bytes(dir: &Path) -> (export::Exported, Vec<u8>) {
 async fn a_version_1_directory_converts_in_place_and_keeps_every_lease() {
     let dir = v1_copy();
     assert_eq!(data_version(dir.path()), 1);
-    let mut storage = open(dir.path(), &StoreOptions::default()).unwrap();
+    let mut storage = open_after_raw(dir.path()).unwrap();
     let state = storage.log.get_log_state().await.unwrap();
     assert_eq!(state.last_log_id.map(|id| id.index()), Some(42));
     assert!(
@@ -67,13 +67,15 @@ async fn a_version_1_directory_converts_in_place_and_keeps_every_lease() {
     assert!(dir.path().join(WAL_DIR).is_dir());
     assert!(!dir.path().join(upgrade::UPGRADING_DIR).exists());
     {
-        let db = sled::open(dir.path().join("raft")).unwrap();
+        let db = raw_sled(&dir.path().join("raft"));
         assert!(
             !db.tree_names().iter().any(|n| n.as_ref() == b"log"),
             "sled's old log is dropped"
         );
     }
-    // What the node holds is what the old build exported from the same directory.
+    // What the node holds is what the old build exported from the same directory (once
+    // the hand-opened sled above has let go of its lock).
+    open_after_raw(dir.path()).unwrap().close();
     let (exported, bytes) = export_bytes(dir.path()).await;
     assert_eq!((exported.last_log_index, exported.lease_count), (42, 39));
     let before = std::fs::read(fixture().join("data-v1.export.snap")).unwrap();
