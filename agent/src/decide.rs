@@ -209,20 +209,29 @@ impl Decider {
         ) else {
             return false;
         };
-        if leased == served {
+        // Compare addresses, not spellings: Envoy writes them in canonical form.
+        let same = |a: &str, b: &str| {
+            a == b
+                || matches!(
+                    (a.parse::<std::net::SocketAddr>(), b.parse::<std::net::SocketAddr>()),
+                    (Ok(x), Ok(y)) if x == y
+                )
+        };
+        if same(leased, served) {
             return false;
         }
-        let known = self
-            .rules
-            .load()
+        let rules = self.rules.load();
+        let known = rules
             .by_scope(scope)
-            .is_some_and(|s| s.rule.endpoints.iter().any(|e| e == served));
-        if !known {
+            .and_then(|s| s.rule.endpoints.iter().find(|e| same(e, served)).cloned());
+        drop(rules);
+        let Some(served) = known else {
             metrics::counter!("affinity_agent_reassigns_total", "result" => "unknown-endpoint")
                 .increment(1);
             tracing::debug!(%scope, %served, "the proxy served from an endpoint the rule does not name; lease left alone");
             return false;
-        }
+        };
+        let served = served.as_str();
         match self
             .client
             .reassign(scope, *ip, policy, leased, served)

@@ -124,7 +124,8 @@ fn address(text: &str) -> Option<SocketAddr> {
         .or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, 0)))
 }
 
-fn host_of(authority: &str) -> &str {
+/// The host of an authority or `Host` header, without port or IPv6 brackets.
+pub(crate) fn host_of(authority: &str) -> &str {
     if let Some(rest) = authority.strip_prefix('[') {
         rest.split(']').next().unwrap_or_default()
     } else {

@@ -68,11 +68,7 @@ async fn decide(State(state): State<DecideState>, headers: HeaderMap) -> impl In
         },
     };
     let host = text(&headers, "x-affinity-host")
-        .map(|h| {
-            h.rsplit_once(':')
-                .filter(|(_, port)| port.parse::<u16>().is_ok())
-                .map_or(h, |(host, _)| host)
-        })
+        .map(crate::ext_proc::host_of)
         .unwrap_or_default()
         .to_ascii_lowercase();
     let path = text(&headers, "x-affinity-path").unwrap_or("/");

@@ -48,7 +48,14 @@ fn bad_flags_and_route_files_are_refused_by_name() {
         err.contains("backendRefs") && err.contains("IP:PORT"),
         "{err}"
     );
-    let err = refused(&["--routes", "/nonexistent/routes.yaml"]);
+    let err = refused(&[
+        "--routes",
+        "/nonexistent/routes.yaml",
+        "--listen-ext-proc",
+        "127.0.0.1:0",
+        "--listen-http",
+        "127.0.0.1:0",
+    ]);
     assert!(err.contains("--routes"), "{err}");
     let good = dir.path().join("good.yaml");
     std::fs::write(

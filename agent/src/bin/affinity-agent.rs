@@ -289,12 +289,21 @@ async fn serve(
         }
         None => None,
     };
-    stop().await;
-    tracing::info!("stopping");
-    if let Some(grpc) = grpc {
-        let _ = grpc.await;
+    let Some(grpc) = grpc else {
+        stop().await;
+        tracing::info!("stopping");
+        return Ok(());
+    };
+    // The gRPC server stops on SIGTERM or SIGINT itself; if it ends otherwise, the agent
+    // cannot do its job and exits with the reason.
+    match grpc.await {
+        Ok(Ok(())) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(format!("the ext_proc service stopped: {e}")),
+        Err(e) => Err(format!("the ext_proc service failed: {e}")),
     }
-    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -203,22 +203,19 @@ async fn envoy_and_nginx_replicas_share_client_ip_persistence() {
         first.header("affinity-endpoint"),
         first.header("affinity-served")
     );
-    // A client cannot choose its backend by sending the header itself.
-    let other = addrs
-        .iter()
-        .find(|a| {
-            backends
-                .iter()
-                .any(|b| b.addr == **a && b.name != placed[&0])
-        })
-        .unwrap()
-        .to_string();
-    for proxy in [envoys[0].listen, nginxes[0].listen] {
-        let forced = get_ok(proxy, client(0, 7), "/", &[("x-affinity-endpoint", &other)]).await;
+    // A client cannot choose its rule through nginx by sending the agent's scope header.
+    for _ in 0..6 {
+        let forged = get_ok(
+            nginxes[0].listen,
+            client(0, 7),
+            "/",
+            &[("x-affinity-scope", "demo/web/1")],
+        )
+        .await;
         assert_eq!(
-            forced.backend(),
+            forged.backend(),
             placed[&0],
-            "the client's header is ignored"
+            "the client's scope is ignored"
         );
     }
     // The rule without persistence is round robin through both proxies.
@@ -278,6 +275,25 @@ async fn envoy_and_nginx_replicas_share_client_ip_persistence() {
             "no agent, no decision"
         );
     }
+    // Without the agent, only Envoy's header filter stands between a client and the
+    // backend it names: its requests still go round robin.
+    let named = backends.iter().find(|b| b.name != victim).unwrap();
+    let mut reached = BTreeSet::new();
+    for _ in 0..6 {
+        let answer = get_ok(
+            envoys[0].listen,
+            client(0, 7),
+            "/",
+            &[("x-affinity-endpoint", &named.addr.to_string())],
+        )
+        .await;
+        reached.insert(answer.backend().to_string());
+    }
+    assert!(
+        reached.len() > 1,
+        "a client naming {} reached only {reached:?}",
+        named.name
+    );
     agents[0].proc.spawn();
     agents[0].wait_ready().await;
     // nginx without its agent: auth_request fails and the request goes to the pool.
