@@ -145,7 +145,7 @@ where
         );
         let _ = std::fs::write(&path, header + &text.join("\n\n") + "\n");
         run.report.finish();
-        panic!(
+        let message = format!(
             "{name}: {} violations (all in {}), first ones:\n{}",
             text.len(),
             path.display(),
@@ -155,6 +155,10 @@ where
                 .collect::<Vec<_>>()
                 .join("\n\n")
         );
+        // Printed last, without a backtrace after it, so that the end of the output (what
+        // a CI summary keeps) shows the violations themselves.
+        println!("{message}");
+        std::panic::resume_unwind(Box::new(message));
     }
     run.report.finish();
 }
