@@ -146,9 +146,21 @@ impl Decider {
         let rule = &state.rule;
         let scope = Some(rule.scope.clone());
         let eligible = self.health.eligible(&rule.endpoints);
+        let weights = rule.weights_of(&eligible);
         let Some(policy) = &rule.persistence else {
+            // Round robin over the endpoints that take new requests (all, if none does).
+            let open: Vec<String> = if weights.is_empty() {
+                eligible.clone()
+            } else {
+                eligible
+                    .iter()
+                    .zip(&weights)
+                    .filter(|(_, w)| **w > 0)
+                    .map(|(e, _)| e.clone())
+                    .collect()
+            };
             return Verdict {
-                endpoint: state.round_robin(&eligible).map(str::to_string),
+                endpoint: state.round_robin(&open).map(str::to_string),
                 how: Ok(Decided::RoundRobin),
                 scope,
                 prefix: None,
@@ -173,7 +185,11 @@ impl Decider {
         }
         let decision = match self
             .client
-            .resolve(Resolve::new(&rule.scope, ip, policy).eligible(&eligible))
+            .resolve(
+                Resolve::new(&rule.scope, ip, policy)
+                    .eligible(&eligible)
+                    .weights(&weights),
+            )
             .await
         {
             Ok(decision) => decision,

@@ -8,14 +8,12 @@
 //! as the gateway does. [`Rules`] is swapped whole on reload, so one request sees one file.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use affinity_client::ValidationError;
-use affinity_client::gateway::routes::{RouteTable, Rule};
+use affinity_client::gateway::routes::{Options, RouteTable, Rule};
 use arc_swap::ArcSwap;
 
 /// One rule ready to answer.
@@ -45,32 +43,34 @@ pub struct Rules {
 }
 
 impl Rules {
-    /// Parse a route file. Every endpoint must be an `IP:PORT`: the agent checks its health
-    /// and the proxies connect to it as written. Errors name the rule and the endpoint.
-    pub fn parse(text: &str) -> Result<Rules, ValidationError> {
-        let table = RouteTable::parse(text)?;
-        let mut by_scope = HashMap::new();
-        for rule in table.rules() {
-            for name in &rule.endpoints {
-                if name.parse::<SocketAddr>().is_err() {
-                    return Err(ValidationError::new(
-                        "backendRefs",
-                        format!(
-                            "rule {}: endpoint {name:?} must be an IP:PORT (the agent does not resolve names)",
-                            rule.scope
-                        ),
-                    ));
-                }
-            }
-            by_scope.insert(
-                rule.scope.clone(),
-                RuleState {
-                    rule: rule.clone(),
-                    next: AtomicUsize::new(0),
-                },
-            );
-        }
+    /// Parse a route file with the default options (every route, `IP:PORT` endpoints).
+    pub fn parse(text: &str) -> Result<Rules, String> {
+        Self::parse_with(text, &Options::default())
+    }
+
+    /// Parse a route file. Every endpoint must be an `IP:PORT` (the agent checks its
+    /// health and the proxies connect to it as written): a rule naming another is refused
+    /// with its route. Fails when nothing can be served.
+    pub fn parse_with(text: &str, options: &Options) -> Result<Rules, String> {
+        let table = RouteTable::parse_servable(text, options)?;
+        let by_scope = table
+            .rules()
+            .map(|rule| {
+                (
+                    rule.scope.clone(),
+                    RuleState {
+                        rule: rule.clone(),
+                        next: AtomicUsize::new(0),
+                    },
+                )
+            })
+            .collect();
         Ok(Rules { table, by_scope })
+    }
+
+    /// The parsed file: its routes, and what was refused, ignored or warned about.
+    pub fn table(&self) -> &RouteTable {
+        &self.table
     }
 
     /// The rule named by `scope`.
@@ -103,17 +103,21 @@ impl Rules {
     }
 }
 
+/// The gauge of routes and documents the file in force refused.
+pub const REFUSED_GAUGE: &str = "affinity_agent_routes_refused";
+
 /// Read and parse the route file. Errors say which file and what is wrong.
-pub fn load(path: &Path) -> Result<(Vec<u8>, Rules), String> {
+pub fn load(path: &Path, options: &Options) -> Result<(Vec<u8>, Rules), String> {
     let bytes =
         std::fs::read(path).map_err(|e| format!("cannot read --routes {}: {e}", path.display()))?;
-    let rules = parse_bytes(&bytes).map_err(|e| format!("--routes {}: {e}", path.display()))?;
+    let rules =
+        parse_bytes(&bytes, options).map_err(|e| format!("--routes {}: {e}", path.display()))?;
     Ok((bytes, rules))
 }
 
-fn parse_bytes(bytes: &[u8]) -> Result<Rules, String> {
+fn parse_bytes(bytes: &[u8], options: &Options) -> Result<Rules, String> {
     let text = std::str::from_utf8(bytes).map_err(|_| "not UTF-8".to_string())?;
-    Rules::parse(text).map_err(|e| e.to_string())
+    Rules::parse_with(text, options)
 }
 
 /// Read `path` every `interval` and put a changed file that parses in force, calling
@@ -123,6 +127,7 @@ pub async fn watch(
     path: PathBuf,
     interval: Duration,
     current: Vec<u8>,
+    options: Options,
     rules: Arc<ArcSwap<Rules>>,
     changed: impl Fn(&Rules) + Send + 'static,
 ) {
@@ -130,8 +135,9 @@ pub async fn watch(
         path,
         interval,
         current,
-        |text| Rules::parse(text).map_err(|e| e.to_string()),
+        move |text| Rules::parse_with(text, &options),
         move |parsed| {
+            parsed.table().log_outcome(REFUSED_GAUGE);
             changed(&parsed);
             let count = parsed.len();
             rules.store(Arc::new(parsed));
@@ -181,11 +187,21 @@ endpoints:
     }
 
     #[test]
-    fn a_named_endpoint_is_refused_naming_the_rule() {
+    fn a_named_endpoint_is_refused_with_its_route_alone() {
         let file = FILE.replace("10.0.0.9:8080", "static.example:8080");
         let err = Rules::parse(&file).expect_err("names are not resolved");
-        assert_eq!(err.field, "backendRefs");
-        assert!(err.rule.contains("shop/web/1"), "{err}");
+        assert!(
+            err.contains("HTTPRoute shop/web spec.rules[1].backendRefs[0]")
+                && err.contains("IP:PORT"),
+            "{err}"
+        );
+        let two = format!(
+            "{file}---\nkind: HTTPRoute\nmetadata: {{name: other, namespace: shop}}\nspec:\n  rules:\n  - backendRefs: [{{name: \"10.0.0.7:80\"}}]\n"
+        );
+        let rules = Rules::parse(&two).expect("the other route is served");
+        assert_eq!(rules.len(), 1);
+        assert_eq!(rules.table().refused.len(), 1);
+        assert!(rules.by_scope("shop/other/0").is_some());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use affinity_agent::ext_proc::Processor;
 use affinity_agent::health::Health;
 use affinity_agent::http::{self, DecideState};
 use affinity_agent::rules;
+use affinity_client::gateway::routes::Options;
 use affinity_client::gateway::serve;
 use affinity_client::{AffinityClient, FailMode, GatewayDuration};
 use arc_swap::ArcSwap;
@@ -29,6 +30,10 @@ struct Cli {
     /// same file affinity-gateway reads.
     #[arg(long, env = "AFFINITY_AGENT_ROUTES")]
     routes: PathBuf,
+    /// Serve only the HTTPRoutes whose parentRefs name this Gateway, NAMESPACE/NAME
+    /// (default: every route in the file).
+    #[arg(long, env = "AFFINITY_AGENT_GATEWAY")]
+    gateway: Option<String>,
     /// Store nodes, HOST:PORT,... (any node answers any request).
     #[arg(
         long,
@@ -160,7 +165,8 @@ fn run(cli: &Cli) -> Result<(), String> {
     if ext_proc.is_none() && decide_http.is_none() {
         return Err("--listen-ext-proc and --listen-http are both off: nothing to serve".into());
     }
-    let (content, loaded) = rules::load(&cli.routes)?;
+    let options = Options::for_dataplane(cli.gateway.as_deref())?;
+    let (content, loaded) = rules::load(&cli.routes, &options)?;
     let handle = serve::install_recorder()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cli.threads)
@@ -207,6 +213,7 @@ async fn serve(
 
     let health = Arc::new(Health::default());
     health.watch(loaded.endpoints());
+    loaded.table().log_outcome(rules::REFUSED_GAUGE);
     tracing::info!(
         routes = %cli.routes.display(),
         rules = loaded.len(),
@@ -220,6 +227,7 @@ async fn serve(
         cli.routes.clone(),
         cli.reload_interval.as_std(),
         content,
+        Options::for_dataplane(cli.gateway.as_deref())?,
         rules.clone(),
         move |new| watched.watch(new.endpoints()),
     ));

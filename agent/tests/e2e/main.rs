@@ -232,6 +232,72 @@ async fn envoy_and_nginx_replicas_share_client_ip_persistence() {
     }
     assert!(plain.len() >= 2, "/plain is not sticky: {plain:?}");
 
+    // GEP-1619: a backend set to weight 0 keeps its sessions and takes no new ones. Move
+    // one backend into a backendRef of weight 0 on every agent, then back.
+    let drained = placed.values().next().unwrap().clone();
+    let drained_addr = backends.iter().find(|b| b.name == drained).unwrap().addr;
+    let original = std::fs::read_to_string(&routes).unwrap();
+    let others: Vec<String> = addrs
+        .iter()
+        .filter(|a| **a != drained_addr)
+        .map(|a| format!("\"{a}\""))
+        .collect();
+    let weighted = original
+        .replacen(
+            "backendRefs: [{name: web, port: 80}]",
+            "backendRefs: [{name: web, port: 80}, {name: drain, port: 80, weight: 0}]",
+            1,
+        )
+        .lines()
+        .map(|line| {
+            if line.trim_start().starts_with("demo/web:80:") {
+                format!(
+                    "  demo/web:80: [{}]\n  demo/drain:80: [\"{drained_addr}\"]",
+                    others.join(", ")
+                )
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(weighted, original, "the route file was rewritten");
+    std::fs::write(&routes, &weighted).unwrap();
+    let reloaded = async |times: f64| {
+        for agent in &agents {
+            wait::until(
+                &format!("{} reloads its route file", agent.proc.name),
+                Duration::from_secs(10),
+                || async {
+                    let ok = agent.metric("affinity_agent_route_reloads_total{result=\"ok\"}");
+                    if ok >= times {
+                        Ok(())
+                    } else {
+                        Err(format!("{ok} reloads"))
+                    }
+                },
+            )
+            .await;
+        }
+    };
+    reloaded(1.0).await;
+    for (&n, backend) in &placed {
+        assert_eq!(
+            agreed(&proxies, client(n, 7), 1).await,
+            *backend,
+            "weight 0 keeps the sessions it has"
+        );
+    }
+    for n in 100..112 {
+        let backend = agreed(&proxies, client(n, 7), 1).await;
+        assert_ne!(
+            backend, drained,
+            "a new client went to the weight-0 backend"
+        );
+    }
+    std::fs::write(&routes, &original).unwrap();
+    reloaded(2.0).await;
+
     // Killing a backend moves its clients, once, to one new backend on every replica; the
     // others stay where they are.
     let victim = placed

@@ -16,8 +16,6 @@ use crate::{Builder, ClientTls, Source};
 
 pub mod client_ip;
 pub mod routes;
-#[cfg(test)]
-mod routes_tests;
 #[cfg(feature = "dataplane")]
 pub mod serve;
 

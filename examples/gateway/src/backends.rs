@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use affinity_proto::ValidationError;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use pingora::lb::discovery::ServiceDiscovery;
@@ -25,7 +24,7 @@ use pingora::lb::health_check::{HealthObserve, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 
-use crate::routes::{RouteTable, Rule};
+use crate::routes::{Options, RouteTable, Rule};
 
 /// One endpoint of a rule.
 #[derive(Debug, Clone)]
@@ -70,26 +69,26 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Parse a route file and check that every endpoint is an `ip:port` this gateway can
-    /// connect to. Errors name the rule and the endpoint.
-    pub fn parse(text: &str) -> Result<Loaded, ValidationError> {
-        let table = RouteTable::parse(text)?;
+    /// Parse a route file with the default options (every route).
+    pub fn parse(text: &str) -> Result<Loaded, String> {
+        Self::parse_with(text, &Options::default())
+    }
+
+    /// Parse a route file. Every endpoint must be an `IP:PORT` this gateway can connect
+    /// to: a rule naming another is refused with its route, and the others are served.
+    /// Fails when nothing can be served.
+    pub fn parse_with(text: &str, options: &Options) -> Result<Loaded, String> {
+        let table = RouteTable::parse_servable(text, options)?;
         let mut rules = HashMap::new();
         for rule in table.rules() {
             let mut upstreams = Vec::with_capacity(rule.endpoints.len());
             for name in &rule.endpoints {
-                let addr: SocketAddr = name.parse().map_err(|_| {
-                    ValidationError::new(
-                        "backendRefs",
-                        format!(
-                            "rule {}: endpoint {name:?} must be an IP:PORT (this gateway does not resolve names)",
-                            rule.scope
-                        ),
-                    )
-                })?;
-                let backend = Backend::new(&addr.to_string()).map_err(|e| {
-                    ValidationError::new("backendRefs", format!("endpoint {name:?}: {e}"))
-                })?;
+                // The parser accepted only IP:PORT endpoints.
+                let Ok(addr) = name.parse::<SocketAddr>() else {
+                    continue;
+                };
+                let backend = Backend::new(&addr.to_string())
+                    .map_err(|e| format!("rule {}: endpoint {name:?}: {e}", rule.scope))?;
                 upstreams.push(Upstream {
                     name: name.clone(),
                     addr,
@@ -216,9 +215,11 @@ endpoints:
     fn a_host_name_endpoint_is_refused_naming_the_rule() {
         let file = FILE.replace("10.0.0.9:8080", "static.example:8080");
         let err = Loaded::parse(&file).expect_err("names are not resolved");
-        assert_eq!(err.field, "backendRefs");
-        assert!(err.rule.contains("shop/web/1"), "{err}");
-        assert!(err.rule.contains("static.example:8080"), "{err}");
+        assert!(
+            err.contains("HTTPRoute shop/web spec.rules[1].backendRefs[0]"),
+            "{err}"
+        );
+        assert!(err.contains("static.example:8080"), "{err}");
     }
 
     #[test]
@@ -239,7 +240,12 @@ mod demo_file {
             .expect("examples/gateway/demo/routes.yaml is valid");
         let sticky = &loaded.rules["demo/web/0"];
         assert!(sticky.rule.persistence.is_some());
+        assert_eq!(
+            sticky.rule.persistence_from.as_deref(),
+            Some("ClientIPSessionPersistencePolicy demo/web-sticky")
+        );
         assert_eq!(sticky.upstreams.len(), 3);
+        assert!(loaded.table.refused.is_empty() && loaded.table.warnings.is_empty());
         assert!(loaded.rules["demo/web/1"].rule.persistence.is_none());
     }
 }

@@ -116,7 +116,14 @@ impl Gateway {
     ) -> pingora::Result<(usize, Decided, Option<ClientKey>)> {
         let candidates = self.candidates(state, &ctx.excluded);
         let scope = &state.rule.scope;
-        let Some(pick) = state.round_robin(&candidates) else {
+        // Round robin over the candidates that take new requests (all, if none does).
+        let open: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|&i| state.rule.weights.get(i).is_some_and(|w| *w > 0))
+            .collect();
+        let turn = if open.is_empty() { &candidates } else { &open };
+        let Some(pick) = state.round_robin(turn) else {
             return Err(status(502, format!("rule {scope}: no backend left to try")));
         };
         let Some(policy) = &state.rule.persistence else {
@@ -142,7 +149,11 @@ impl Gateway {
         // during an outage stays there once the store is back.
         let decision = self
             .client
-            .resolve(Resolve::new(scope, ctx.ip, policy).eligible(&eligible))
+            .resolve(
+                Resolve::new(scope, ctx.ip, policy)
+                    .eligible(&eligible)
+                    .weights(&state.rule.weights_of(&eligible)),
+            )
             .await
             .map_err(|e| {
                 tracing::warn!(%scope, client = %ctx.ip, error = %e, "no decision from the store");

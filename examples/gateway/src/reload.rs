@@ -4,8 +4,9 @@
 //! a Kubernetes ConfigMap's symlink swap or an editor's rename both count, and a touch
 //! alone does not). A file that parses replaces the routes whole and the health checker's
 //! membership; one that does not is logged with the field and rule at fault and the routes
-//! in force stay. Stickiness does not depend on the gateway's memory: scopes are
-//! `namespace/name/rule-index`, the leases are in the store, and the client's cache is
+//! in force stay (a file that parses but refuses some routes serves the rest: each
+//! refusal is logged and counted). Stickiness does not depend on the gateway's memory: scopes are
+//! `namespace/name/rule-name` (or the rule's index), the leases are in the store, and the client's cache is
 //! untouched, so a reload that keeps a rule keeps its clients where they are.
 
 use std::path::PathBuf;
@@ -15,14 +16,19 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::backends::{Loaded, Membership};
+use crate::routes::Options;
+
+/// The gauge of routes and documents the file in force refused.
+pub const REFUSED_GAUGE: &str = "affinity_gateway_routes_refused";
 
 /// Read and parse the route file. Errors say which file and what is wrong.
-pub fn load(path: &std::path::Path) -> Result<(Vec<u8>, Loaded), String> {
+pub fn load(path: &std::path::Path, options: &Options) -> Result<(Vec<u8>, Loaded), String> {
     let bytes =
         std::fs::read(path).map_err(|e| format!("cannot read --routes {}: {e}", path.display()))?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| format!("--routes {}: not UTF-8", path.display()))?;
-    let loaded = Loaded::parse(text).map_err(|e| format!("--routes {}: {e}", path.display()))?;
+    let loaded = Loaded::parse_with(text, options)
+        .map_err(|e| format!("--routes {}: {e}", path.display()))?;
     Ok((bytes, loaded))
 }
 
@@ -32,6 +38,7 @@ pub async fn watch(
     path: PathBuf,
     interval: Duration,
     current: Vec<u8>,
+    options: Options,
     routes: Arc<ArcSwap<Loaded>>,
     membership: Arc<Membership>,
 ) {
@@ -39,8 +46,9 @@ pub async fn watch(
         path,
         interval,
         current,
-        |text| Loaded::parse(text).map_err(|e| e.to_string()),
+        move |text| Loaded::parse_with(text, &options),
         move |loaded| {
+            loaded.table.log_outcome(REFUSED_GAUGE);
             let rules = loaded.rules.len();
             membership.set(loaded.backends());
             routes.store(Arc::new(loaded));

@@ -1,42 +1,134 @@
-//! The route file: Kubernetes Gateway API `HTTPRoute` documents, plus an optional
-//! `Backends` document that says which `host:port` endpoints stand behind each Service
-//! `backendRef` (the part a cluster's EndpointSlices would give).
+//! The route file: Kubernetes Gateway API `HTTPRoute`s, where their endpoints come from,
+//! and which rules stick, read from YAML as a cluster exports it (several documents,
+//! `kubectl get ... -o yaml` `List`s, or both).
 //!
 //! ```yaml
 //! apiVersion: gateway.networking.k8s.io/v1
 //! kind: HTTPRoute
 //! metadata: {name: web, namespace: shop}
 //! spec:
+//!   parentRefs: [{name: edge}]
 //!   hostnames: ["shop.example"]
 //!   rules:
-//!   - matches: [{path: {type: PathPrefix, value: /}}]
-//!     backendRefs: [{name: web, port: 8080}]
-//!     sessionPersistence: {type: ClientIP, absoluteTimeout: 10m, ipMask: 24}
+//!   - name: api
+//!     matches: [{path: {type: PathPrefix, value: /api}}]
+//!     backendRefs: [{name: api, port: 8080}]
+//! ---
+//! apiVersion: affinity.dev/v1alpha1
+//! kind: ClientIPSessionPersistencePolicy
+//! metadata: {name: sticky-api, namespace: shop}
+//! spec:
+//!   targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: web, sectionName: api}]
+//!   absoluteTimeout: 10m
+//!   ipv4Mask: 24
+//!   ipv6Mask: 64
 //! ---
 //! apiVersion: affinity.dev/v1alpha1
 //! kind: Backends
 //! endpoints:
-//!   shop/web:8080: ["127.0.0.1:9001", "127.0.0.1:9002"]
+//!   shop/api:8080: ["127.0.0.1:9001", "127.0.0.1:9002"]
 //! ```
 //!
-//! A `backendRef` whose `name` is itself `host:port` (and has no `port`) is a static
-//! endpoint and needs no `Backends` entry. Each rule is one persistence scope,
-//! `namespace/name/rule-index`, so two rules never share stickiness even when they share a
-//! Service (GEP-1619). Matches: `PathPrefix` (the default) and `Exact` paths; header, query
-//! and method matches and filters are refused with an error naming the field, rather than
-//! silently ignored. Fields a data plane does not act on (`parentRefs`, `timeouts`, ...)
-//! are accepted and ignored.
+//! What each kind contributes:
+//!
+//! - `HTTPRoute`: the rules. Each rule is one persistence scope, `namespace/route/name`
+//!   with the rule's `name` when set (renaming a rule therefore starts new sessions), else
+//!   `namespace/route/index`; two rules never share stickiness even when they share a
+//!   Service (GEP-1619). Path matches `PathPrefix` (the default) and `Exact`; header,
+//!   query and method matches, rule filters and `backendRef` filters are refused by name,
+//!   never ignored. `parentRefs` are honoured when [`Options::gateway`] names a Gateway.
+//! - Persistence: a rule's own `sessionPersistence` with `type: ClientIP` (for
+//!   implementations that extend the enum) or a `ClientIPSessionPersistencePolicy` (see
+//!   [`policy`]); the rule's own block wins.
+//! - Endpoints: `Backends`, `EndpointSlice`, `Service` and `ReferenceGrant` (see
+//!   [`sources`]). A `backendRef` whose `name` is itself `host:port` (and has no `port`) is
+//!   a static endpoint. Its `weight` divides new clients between the backendRefs (spread
+//!   evenly over each one's ready endpoints); `weight: 0` takes no new clients but keeps its
+//!   sessions (GEP-1619), as does an endpoint that is serving but no longer ready.
+//! - Any other kind (`Gateway`, `GRPCRoute`, ...) is ignored, and listed in
+//!   [`RouteTable::ignored`] so that a data plane logs it once.
+//!
+//! A document that cannot be used is refused alone ([`RouteTable::refused`]): the others
+//! are served. Only a file that is not YAML fails as a whole. Settings that work but
+//! surprise are in [`RouteTable::warnings`].
 
-use std::collections::BTreeMap;
+mod build;
+mod policy;
+mod report;
+mod select;
+mod sources;
+#[cfg(test)]
+mod tests;
+mod watch;
+mod wire;
+
+use std::collections::BTreeSet;
 
 use affinity_proto::{Policy, SessionPersistence, ValidationError};
 use serde::Deserialize;
 
-/// Every route of a route file, in file order.
+pub use watch::watch_file;
+
+/// How to read a route file.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Serve only the routes whose `parentRefs` name this Gateway (`namespace`, `name`);
+    /// `None` serves every route.
+    pub gateway: Option<(String, String)>,
+    /// Refuse a rule with an endpoint that is not an `IP:PORT` (for data planes that do
+    /// not resolve names).
+    pub ip_endpoints: bool,
+}
+
+impl Options {
+    /// Options for a data plane that connects to `IP:PORT` endpoints, serving the routes
+    /// of `gateway` (the `--gateway NAMESPACE/NAME` flag) or every route.
+    pub fn for_dataplane(gateway: Option<&str>) -> Result<Options, String> {
+        let gateway = gateway
+            .map(|text| match text.split_once('/') {
+                Some((ns, name)) if !ns.is_empty() && !name.is_empty() && !name.contains('/') => {
+                    Ok((ns.to_string(), name.to_string()))
+                }
+                _ => Err(format!(
+                    "--gateway {text:?} must be NAMESPACE/NAME, the Gateway whose routes to serve"
+                )),
+            })
+            .transpose()?;
+        Ok(Options {
+            gateway,
+            ip_endpoints: true,
+        })
+    }
+}
+
+/// Every route of a route file, in file order, and what was refused, ignored or is worth a
+/// warning.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RouteTable {
-    /// The routes.
+    /// The routes served.
     pub routes: Vec<Route>,
+    /// Documents and routes refused, each alone, naming the document, field and rule.
+    pub refused: Vec<ValidationError>,
+    /// Settings accepted that may not do what their author expects.
+    pub warnings: Vec<Notice>,
+    /// Documents and routes left out on purpose (kinds this data plane does not read,
+    /// routes of another Gateway).
+    pub ignored: Vec<Notice>,
+}
+
+/// A warning or a note about one place in the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// Where: the document or route, and the field.
+    pub at: String,
+    /// What.
+    pub message: String,
+}
+
+impl std::fmt::Display for Notice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
 }
 
 /// One `HTTPRoute`.
@@ -46,6 +138,8 @@ pub struct Route {
     pub namespace: String,
     /// `metadata.name`.
     pub name: String,
+    /// `metadata.creationTimestamp`, which orders routes that tie on a request.
+    pub created: Option<String>,
     /// `spec.hostnames`, lower-cased; empty matches any host. `*.example.com` matches one
     /// or more labels in front of `example.com`.
     pub hostnames: Vec<String>,
@@ -56,14 +150,57 @@ pub struct Route {
 /// One rule of a route: where its requests go and whether they stick.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
-    /// The persistence scope of this rule: `namespace/name/rule-index`.
+    /// The persistence scope of this rule: `namespace/route/name`, or
+    /// `namespace/route/index` for a rule without a name.
     pub scope: String,
+    /// The rule's `name`, when set.
+    pub name: Option<String>,
     /// Path matches; a request matching any of them matches the rule.
     pub matches: Vec<PathMatch>,
-    /// The endpoints, each once, in the order given.
+    /// The endpoints that may serve (eligible), each once, in the order given.
     pub endpoints: Vec<String>,
-    /// `sessionPersistence`, when the rule has one.
+    /// One weight per endpoint: the share of new clients it takes. 0 keeps the clients it
+    /// has and takes no new ones (a `weight: 0` backendRef, or an endpoint no longer ready).
+    pub weights: Vec<u32>,
+    /// The Services the rule's backendRefs reach, as (`namespace`, `name`).
+    pub services: Vec<(String, String)>,
+    /// Client-IP persistence, when the rule has it.
     pub persistence: Option<Policy>,
+    /// Where [`persistence`](Self::persistence) comes from: `sessionPersistence` or
+    /// `ClientIPSessionPersistencePolicy namespace/name`.
+    pub persistence_from: Option<String>,
+}
+
+impl Rule {
+    /// The endpoints that take new clients.
+    pub fn proposed(&self) -> impl Iterator<Item = &String> {
+        self.endpoints
+            .iter()
+            .zip(&self.weights)
+            .filter(|(_, w)| **w > 0)
+            .map(|(e, _)| e)
+    }
+
+    /// The weights of `endpoints` (a subset of this rule's, such as its healthy ones), in
+    /// their order. Empty when none of them takes new clients, so that a client then
+    /// spreads new clients over them all rather than refusing them.
+    pub fn weights_of(&self, endpoints: &[String]) -> Vec<u32> {
+        let weights: Vec<u32> = endpoints
+            .iter()
+            .map(|e| {
+                self.endpoints
+                    .iter()
+                    .position(|x| x == e)
+                    .and_then(|i| self.weights.get(i).copied())
+                    .unwrap_or(0)
+            })
+            .collect();
+        if weights.iter().all(|w| *w == 0) {
+            Vec::new()
+        } else {
+            weights
+        }
+    }
 }
 
 /// A path match.
@@ -90,340 +227,184 @@ impl PathMatch {
     }
 }
 
-fn host_matches(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix("*.") {
-        Some(suffix) => host
-            .strip_suffix(suffix)
-            .is_some_and(|front| front.len() > 1 && front.ends_with('.')),
-        None => pattern == host,
+/// Warnings a `sessionPersistence` block (or a policy's spec) deserves: `ipMask` below 33
+/// without `ipv6Mask` groups IPv6 clients by as few bits; `idleTimeout` left Gateway API.
+pub(super) fn warn_about(block: &SessionPersistence, at: &str, warnings: &mut Vec<Notice>) {
+    if let Some(mask) = block.ip_mask
+        && mask < 33
+        && block.ipv6_mask.is_none()
+    {
+        warnings.push(Notice {
+            at: format!("{at}.ipMask"),
+            message: format!(
+                "{mask} applies to IPv6 clients too: every IPv6 client within one /{mask} shares a backend; set ipv6Mask (for example 64) to group IPv6 clients by their own prefix"
+            ),
+        });
+    }
+    if block.idle_timeout.is_some() {
+        warnings.push(Notice {
+            at: format!("{at}.idleTimeout"),
+            message:
+                "was removed from Gateway API sessionPersistence in v1.6; affinity still applies it"
+                    .into(),
+        });
     }
 }
 
-impl RouteTable {
-    /// The rule a request for `host` (without port) and `path` goes to: among the routes
-    /// whose hostnames match, the rule with the most specific path match; the first in file
-    /// order on a tie.
-    pub fn select(&self, host: &str, path: &str) -> Option<&Rule> {
-        let host = host.to_ascii_lowercase();
-        let mut best: Option<(usize, &Rule)> = None;
-        for route in &self.routes {
-            if !route.hostnames.is_empty()
-                && !route.hostnames.iter().any(|p| host_matches(p, &host))
-            {
-                continue;
-            }
-            for rule in &route.rules {
-                let rank = rule.matches.iter().filter_map(|m| m.rank(path)).max();
-                if let Some(rank) = rank
-                    && best.is_none_or(|(b, _)| rank > b)
-                {
-                    best = Some((rank, rule));
-                }
-            }
-        }
-        best.map(|(_, rule)| rule)
+/// The documents of a file, `List`s opened, each with its place (`document 3`,
+/// `document 2 item 5`).
+fn documents(text: &str) -> Result<Vec<(String, serde_norway::Value)>, ValidationError> {
+    let mut out = Vec::new();
+    for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let value = serde_norway::Value::deserialize(document)
+            .map_err(|e| ValidationError::new(format!("document {}", i + 1), e.to_string()))?;
+        open(format!("document {}", i + 1), value, &mut out);
     }
+    Ok(out)
+}
 
+fn open(place: String, value: serde_norway::Value, out: &mut Vec<(String, serde_norway::Value)>) {
+    if value.is_null() {
+        return;
+    }
+    if kind_of(&value) == "List"
+        && let Ok(list) = serde_norway::from_value::<wire::List>(value.clone())
+    {
+        for (j, item) in list.items.into_iter().enumerate() {
+            open(format!("{place} item {}", j + 1), item, out);
+        }
+        return;
+    }
+    out.push((place, value));
+}
+
+fn kind_of(value: &serde_norway::Value) -> &str {
+    value
+        .get("kind")
+        .and_then(serde_norway::Value::as_str)
+        .unwrap_or_default()
+}
+
+fn id_of(value: &serde_norway::Value) -> String {
+    serde_norway::from_value::<wire::Metadata>(value.get("metadata").cloned().unwrap_or_default())
+        .map(|m| m.id())
+        .unwrap_or_default()
+}
+
+impl RouteTable {
     /// Every rule of every route.
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.routes.iter().flat_map(|r| r.rules.iter())
     }
 
-    /// Parse a route file (YAML, one or more documents). Errors name the document, the
-    /// field and the rule.
+    /// Parse a route file with the default [`Options`]. Fails only when the file is not
+    /// YAML; what is refused is in [`refused`](Self::refused).
     pub fn parse(text: &str) -> Result<RouteTable, ValidationError> {
+        Self::parse_with(text, &Options::default())
+    }
+
+    /// Parse a route file. Fails only when the file is not YAML; documents and routes that
+    /// cannot be used are refused alone.
+    pub fn parse_with(text: &str, options: &Options) -> Result<RouteTable, ValidationError> {
+        let mut table = RouteTable::default();
+        let mut sources = sources::Sources::default();
+        let mut policies = Vec::new();
         let mut routes = Vec::new();
-        let mut backends: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
-            let value = serde_norway::Value::deserialize(document)
-                .map_err(|e| ValidationError::new(format!("document {}", i + 1), e.to_string()))?;
-            if value.is_null() {
-                continue;
-            }
-            let kind = value
-                .get("kind")
-                .and_then(serde_norway::Value::as_str)
-                .unwrap_or_default()
-                .to_string();
+        for (place, value) in documents(text)? {
+            let kind = kind_of(&value).to_string();
+            let id = id_of(&value);
             let whole = |e: serde_norway::Error| {
-                ValidationError::new(format!("document {} ({kind})", i + 1), e.to_string())
+                ValidationError::new(format!("{place} ({kind} {id})"), e.to_string())
             };
             match kind.as_str() {
-                "HTTPRoute" => {
-                    routes.push(serde_norway::from_value::<WireRoute>(value).map_err(whole)?);
-                }
-                "Backends" => {
-                    let doc: WireBackends = serde_norway::from_value(value).map_err(whole)?;
-                    for (key, endpoints) in doc.endpoints {
-                        backends.entry(key).or_default().extend(endpoints);
+                "HTTPRoute" => match serde_norway::from_value::<wire::HttpRoute>(value) {
+                    Ok(route) => routes.push(route),
+                    Err(e) => table.refused.push(whole(e)),
+                },
+                "Backends" => match serde_norway::from_value(value) {
+                    Ok(doc) => sources.add_backends(doc),
+                    Err(e) => table.refused.push(whole(e)),
+                },
+                "EndpointSlice" => match serde_norway::from_value(value) {
+                    Ok(doc) => {
+                        if let Err((field, rule)) = sources.add_slice(doc) {
+                            table.refused.push(ValidationError::new(
+                                format!("EndpointSlice {id} {field}"),
+                                rule,
+                            ));
+                        }
+                    }
+                    Err(e) => table.refused.push(whole(e)),
+                },
+                "Service" => match serde_norway::from_value(value) {
+                    Ok(doc) => sources.add_service(doc),
+                    Err(e) => table.refused.push(whole(e)),
+                },
+                "ReferenceGrant" => match serde_norway::from_value(value) {
+                    Ok(doc) => sources.add_grant(doc),
+                    Err(e) => table.refused.push(whole(e)),
+                },
+                "ClientIPSessionPersistencePolicy" => {
+                    match serde_norway::from_value::<wire::Policy>(value) {
+                        Ok(doc) => match policy::check(doc, &mut table.warnings) {
+                            Ok(p) => policies.push(p),
+                            Err(e) => table.refused.push(e),
+                        },
+                        Err(e) => table.refused.push(whole(e)),
                     }
                 }
-                other => {
-                    return Err(ValidationError::new(
-                        format!("document {}.kind", i + 1),
-                        format!("must be HTTPRoute or Backends, not {other:?}"),
-                    ));
-                }
+                "" => table.refused.push(ValidationError::new(
+                    format!("{place}.kind"),
+                    "is required (HTTPRoute, EndpointSlice, Service, ReferenceGrant, ClientIPSessionPersistencePolicy or Backends)",
+                )),
+                other => table.ignored.push(Notice {
+                    at: format!("{place} ({other} {id})"),
+                    message: "not read by this data plane".into(),
+                }),
             }
         }
-        let routes = routes
-            .into_iter()
-            .map(|r| r.check(&backends))
-            .collect::<Result<_, _>>()?;
-        Ok(RouteTable { routes })
-    }
-}
-
-#[derive(Deserialize)]
-struct WireBackends {
-    #[serde(default)]
-    endpoints: BTreeMap<String, Vec<String>>,
-}
-
-#[derive(Deserialize)]
-struct WireRoute {
-    metadata: WireMetadata,
-    #[serde(default)]
-    spec: WireSpec,
-}
-
-#[derive(Deserialize)]
-struct WireMetadata {
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct WireSpec {
-    #[serde(default)]
-    hostnames: Vec<String>,
-    #[serde(default)]
-    rules: Vec<WireRule>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireRule {
-    #[serde(default)]
-    matches: Vec<WireMatch>,
-    #[serde(default)]
-    backend_refs: Vec<WireBackendRef>,
-    #[serde(default)]
-    session_persistence: Option<SessionPersistence>,
-    #[serde(default)]
-    filters: Vec<serde_norway::Value>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireMatch {
-    #[serde(default)]
-    path: Option<WirePath>,
-    #[serde(default)]
-    headers: Vec<serde_norway::Value>,
-    #[serde(default)]
-    query_params: Vec<serde_norway::Value>,
-    #[serde(default)]
-    method: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct WirePath {
-    #[serde(rename = "type", default)]
-    kind: Option<String>,
-    #[serde(default)]
-    value: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct WireBackendRef {
-    name: String,
-    #[serde(default)]
-    namespace: Option<String>,
-    #[serde(default)]
-    port: Option<u16>,
-    #[serde(default)]
-    kind: Option<String>,
-    #[serde(default)]
-    weight: Option<u32>,
-}
-
-fn is_host_port(text: &str) -> bool {
-    text.rsplit_once(':')
-        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
-}
-
-impl WireRoute {
-    fn check(self, backends: &BTreeMap<String, Vec<String>>) -> Result<Route, ValidationError> {
-        let namespace = self.metadata.namespace.unwrap_or_else(|| "default".into());
-        let name = self.metadata.name;
-        let at = |field: String| format!("HTTPRoute {namespace}/{name} {field}");
-        let mut rules = Vec::new();
-        for (r, rule) in self.spec.rules.into_iter().enumerate() {
-            let here = |field: &str| at(format!("spec.rules[{r}]{field}"));
-            if !rule.filters.is_empty() {
-                return Err(ValidationError::new(
-                    here(".filters"),
-                    "filters are not supported",
+        let mut seen = BTreeSet::new();
+        for route in routes {
+            let id = route.metadata.id();
+            if !seen.insert(id.clone()) {
+                table.refused.push(ValidationError::new(
+                    format!("HTTPRoute {id}"),
+                    "appears twice in the file; the first is served",
                 ));
+                continue;
             }
-            let mut matches = Vec::new();
-            for (m, wire) in rule.matches.into_iter().enumerate() {
-                let field = |f: &str| here(&format!(".matches[{m}]{f}"));
-                if !wire.headers.is_empty()
-                    || !wire.query_params.is_empty()
-                    || wire.method.is_some()
-                {
-                    return Err(ValidationError::new(
-                        field(""),
-                        "only path matches are supported (no headers, queryParams or method)",
-                    ));
-                }
-                let (kind, value) = wire.path.map_or((None, None), |p| (p.kind, p.value));
-                let value = value.unwrap_or_else(|| "/".into());
-                if !value.starts_with('/') {
-                    return Err(ValidationError::new(
-                        field(".path.value"),
-                        "must start with /",
-                    ));
-                }
-                matches.push(match kind.as_deref().unwrap_or("PathPrefix") {
-                    "PathPrefix" => PathMatch::Prefix(value),
-                    "Exact" => PathMatch::Exact(value),
-                    other => {
-                        return Err(ValidationError::new(
-                            field(".path.type"),
-                            format!("must be PathPrefix or Exact, not {other:?}"),
-                        ));
-                    }
+            if let Some(gateway) = &options.gateway
+                && !attached(&route, gateway)
+            {
+                table.ignored.push(Notice {
+                    at: format!("HTTPRoute {id} spec.parentRefs"),
+                    message: format!("not attached to Gateway {}/{}", gateway.0, gateway.1),
                 });
+                continue;
             }
-            if matches.is_empty() {
-                matches.push(PathMatch::Prefix("/".into()));
+            let context = build::Context {
+                sources: &sources,
+                policies: &policies,
+                options,
+            };
+            match build::build(route, &context, &mut table.warnings) {
+                Ok(route) => table.routes.push(route),
+                Err(e) => table.refused.push(e),
             }
-            let mut endpoints: Vec<String> = Vec::new();
-            for (b, backend) in rule.backend_refs.into_iter().enumerate() {
-                let field = |f: &str| here(&format!(".backendRefs[{b}]{f}"));
-                if backend.weight == Some(0) {
-                    continue;
-                }
-                if let Some(kind) = backend.kind.as_deref()
-                    && kind != "Service"
-                {
-                    return Err(ValidationError::new(
-                        field(".kind"),
-                        format!("must be Service, not {kind:?}"),
-                    ));
-                }
-                let found: Vec<String> = if backend.port.is_none() && is_host_port(&backend.name) {
-                    vec![backend.name]
-                } else {
-                    let port = backend.port.ok_or_else(|| {
-                        ValidationError::new(
-                            field(".port"),
-                            "is required for a Service (or give name as host:port)",
-                        )
-                    })?;
-                    let ns = backend.namespace.as_deref().unwrap_or(&namespace);
-                    let key = format!("{ns}/{}:{port}", backend.name);
-                    backends.get(&key).cloned().ok_or_else(|| {
-                        ValidationError::new(field(""), format!("no endpoints for {key}: add them under a Backends document's endpoints"))
-                    })?
-                };
-                for endpoint in found {
-                    if !is_host_port(&endpoint) {
-                        return Err(ValidationError::new(
-                            field(""),
-                            format!("endpoint {endpoint:?} is not host:port"),
-                        ));
-                    }
-                    if !endpoints.contains(&endpoint) {
-                        endpoints.push(endpoint);
-                    }
-                }
-            }
-            if endpoints.is_empty() {
-                return Err(ValidationError::new(
-                    here(".backendRefs"),
-                    "must name at least one endpoint",
-                ));
-            }
-            let persistence = rule
-                .session_persistence
-                .as_ref()
-                .map(Policy::from_session_persistence)
-                .transpose()
-                .map_err(|e| ValidationError::new(here(&format!(".{}", e.field)), e.rule))?;
-            rules.push(Rule {
-                scope: format!("{namespace}/{name}/{r}"),
-                matches,
-                endpoints,
-                persistence,
-            });
         }
-        if rules.is_empty() {
-            return Err(ValidationError::new(
-                at("spec.rules".into()),
-                "must hold at least one rule",
-            ));
-        }
-        let hostnames = self
-            .spec
-            .hostnames
-            .iter()
-            .map(|h| h.to_ascii_lowercase())
-            .collect();
-        Ok(Route {
-            namespace,
-            name,
-            hostnames,
-            rules,
-        })
+        policy::unmatched(&policies, &table.routes, &mut table.warnings);
+        Ok(table)
     }
 }
 
-/// Read the route file at `path` every `interval`. When its content differs from `current`
-/// (by content, so a ConfigMap's symlink swap or an editor's rename both count and a touch
-/// alone does not) and `parse` accepts it, hand the result to `apply`, which puts it in
-/// force and returns how many rules it holds; a file that does not parse is logged with
-/// the field and rule at fault, and what is in force stays. Each outcome counts on the
-/// counter `metric` (`result` = `ok` or `error`). Runs until the process ends.
-pub async fn watch_file<T>(
-    path: std::path::PathBuf,
-    interval: std::time::Duration,
-    mut current: Vec<u8>,
-    parse: impl Fn(&str) -> Result<T, String>,
-    apply: impl Fn(T) -> usize,
-    metric: &'static str,
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        // A ConfigMap update briefly removes the file; the next tick sees the new one.
-        let Ok(bytes) = tokio::fs::read(&path).await else {
-            continue;
-        };
-        if bytes == current {
-            continue;
-        }
-        let parsed = std::str::from_utf8(&bytes)
-            .map_err(|_| "not UTF-8".to_string())
-            .and_then(&parse);
-        match parsed {
-            Ok(table) => {
-                let rules = apply(table);
-                metrics::counter!(metric, "result" => "ok").increment(1);
-                tracing::info!(path = %path.display(), rules, "route file reloaded");
-            }
-            Err(e) => {
-                metrics::counter!(metric, "result" => "error").increment(1);
-                tracing::error!(path = %path.display(), error = %e, "route file not reloaded; keeping the routes in force");
-            }
-        }
-        current = bytes;
-    }
+/// Whether one of `route`'s `parentRefs` names `gateway`.
+fn attached(route: &wire::HttpRoute, (namespace, name): &(String, String)) -> bool {
+    route.spec.parent_refs.iter().any(|p| {
+        p.group
+            .as_deref()
+            .is_none_or(|g| g == "gateway.networking.k8s.io")
+            && p.kind.as_deref().is_none_or(|k| k == "Gateway")
+            && p.namespace.as_deref().unwrap_or(route.metadata.namespace()) == namespace
+            && p.name == *name
+    })
 }

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::routes::{PathMatch, RouteTable};
+use super::{PathMatch, RouteTable};
 
 const FILE: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
@@ -125,7 +125,7 @@ fn bad_route_files_name_the_field_and_the_rule() {
         ),
         (
             "kind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules:\n  - backendRefs: [{name: \"h:1\"}]\n    sessionPersistence: {type: ClientIP, absoluteTimeout: 10m, ipMsak: 24}\n",
-            "document 1 (HTTPRoute)",
+            "document 1 (HTTPRoute default/r)",
             "ipMsak",
         ),
         (
@@ -143,20 +143,49 @@ fn bad_route_files_name_the_field_and_the_rule() {
             "spec.rules[0].backendRefs[0]",
             "not host:port",
         ),
+        ("metadata: {name: r}\n", "document 1.kind", "is required"),
         (
-            "kind: Gateway\n",
-            "document 1.kind",
-            "HTTPRoute or Backends",
+            "kind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules:\n  - backendRefs: [{name: web, port: 80, filters: [{type: RequestMirror}]}]\n",
+            "spec.rules[0].backendRefs[0].filters",
+            "RequestMirror",
+        ),
+        (
+            "kind: HTTPRoute\nmetadata: {name: r, namespace: a}\nspec:\n  rules:\n  - backendRefs: [{name: web, namespace: b, port: 80}]\n---\nkind: Backends\nendpoints:\n  b/web:80: [\"10.0.0.1:80\"]\n",
+            "spec.rules[0].backendRefs[0].namespace",
+            "no ReferenceGrant in b",
+        ),
+        (
+            "kind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules:\n  - {name: a, backendRefs: [{name: \"h:1\"}]}\n  - {name: a, backendRefs: [{name: \"h:2\"}]}\n",
+            "spec.rules[1].name",
+            "unique",
+        ),
+        (
+            "kind: ClientIPSessionPersistencePolicy\nmetadata: {name: p}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}]\n  absoluteTimeout: 10m\n  ipv4Mask: 40\n",
+            "ClientIPSessionPersistencePolicy default/p spec.ipv4Mask",
+            "",
+        ),
+        (
+            "kind: ClientIPSessionPersistencePolicy\nmetadata: {name: p}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: g}]\n  absoluteTimeout: 10m\n",
+            "spec.targetRefs[0].kind",
+            "HTTPRoute or GRPCRoute",
+        ),
+        (
+            "kind: EndpointSlice\nmetadata: {name: s}\nendpoints: [{addresses: [10.0.0.1]}]\n",
+            "EndpointSlice default/s metadata.labels",
+            "kubernetes.io/service-name",
         ),
         (
             "kind: HTTPRoute\nmetadata: {name: r}\n",
             "spec.rules",
             "at least one rule",
         ),
-        ("kind: [\n", "document 1", ""),
     ];
     for (text, field, rule) in cases {
-        let err = RouteTable::parse(text).expect_err(text);
+        let table = RouteTable::parse(text).expect("YAML parses");
+        assert!(table.routes.is_empty(), "{text}: nothing is served");
+        let [err] = table.refused.as_slice() else {
+            panic!("{text}: one refusal expected, got {:?}", table.refused);
+        };
         assert!(
             err.field.contains(field),
             "{text}: field {:?} lacks {field:?}",
@@ -168,4 +197,430 @@ fn bad_route_files_name_the_field_and_the_rule() {
             err.rule
         );
     }
+}
+
+#[test]
+fn a_file_that_is_not_yaml_fails_whole() {
+    let err = RouteTable::parse("kind: [\n").expect_err("not YAML");
+    assert_eq!(err.field, "document 1");
+}
+
+const STATIC: &str = "  - backendRefs: [{name: \"10.9.9.9:80\"}]\n";
+
+fn route(name: &str, rules: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  rules:\n{rules}"
+    )
+}
+
+#[test]
+fn one_bad_route_is_refused_alone_and_the_rest_is_served() {
+    let text = format!(
+        "{}---\n{}---\nkind: Gateway\nmetadata: {{name: edge, namespace: shop}}\n",
+        route("good", STATIC),
+        route(
+            "bad",
+            "  - matches: [{method: GET}]\n    backendRefs: [{name: \"10.0.0.1:80\"}]\n"
+        )
+    );
+    let table = RouteTable::parse(&text).unwrap();
+    assert_eq!(table.routes.len(), 1);
+    assert_eq!(table.routes[0].name, "good");
+    assert_eq!(table.refused.len(), 1);
+    assert!(
+        table.refused[0]
+            .field
+            .starts_with("HTTPRoute shop/bad spec.rules[0].matches[0]"),
+        "{:?}",
+        table.refused
+    );
+    assert_eq!(
+        table.ignored.len(),
+        1,
+        "the Gateway is ignored, with a note"
+    );
+    assert!(table.ignored[0].at.contains("Gateway shop/edge"));
+}
+
+#[test]
+fn a_weight_0_backend_keeps_its_sessions_but_takes_no_new_ones() {
+    // GEP-1619: a backendRef set to weight 0 must keep its existing sessions, so its
+    // endpoints stay eligible (a lease on them is kept) while new clients go elsewhere.
+    let text = "
+kind: HTTPRoute
+metadata: {name: web, namespace: shop}
+spec:
+  rules:
+  - backendRefs:
+    - {name: \"10.0.0.1:80\", weight: 2}
+    - {name: \"10.0.0.2:80\", weight: 0}
+    - {name: \"10.0.0.3:80\"}
+    sessionPersistence: {type: ClientIP, absoluteTimeout: 10m}
+";
+    let table = RouteTable::parse(text).unwrap();
+    let rule = table.rules().next().unwrap();
+    assert_eq!(
+        rule.endpoints,
+        ["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"],
+        "a weight-0 endpoint stays eligible"
+    );
+    assert_eq!(rule.weights, [2, 0, 1]);
+    assert_eq!(
+        rule.proposed().collect::<Vec<_>>(),
+        ["10.0.0.1:80", "10.0.0.3:80"]
+    );
+    // Of the healthy ones, only weight-0 endpoints left: spread new clients over them.
+    assert!(rule.weights_of(&["10.0.0.2:80".into()]).is_empty());
+    assert_eq!(
+        rule.weights_of(&["10.0.0.3:80".into(), "10.0.0.2:80".into()]),
+        [1, 0]
+    );
+}
+
+#[test]
+fn weights_split_between_backend_refs_not_endpoints() {
+    let text = "
+kind: HTTPRoute
+metadata: {name: web, namespace: shop}
+spec:
+  rules:
+  - backendRefs: [{name: a, port: 80, weight: 1}, {name: b, port: 80, weight: 1}]
+---
+kind: Backends
+endpoints:
+  shop/a:80: [\"10.0.0.1:80\", \"10.0.0.2:80\"]
+  shop/b:80: [\"10.0.1.1:80\", \"10.0.1.2:80\", \"10.0.1.3:80\"]
+";
+    let table = RouteTable::parse(text).unwrap();
+    let rule = table.rules().next().unwrap();
+    assert_eq!(rule.weights, [3, 3, 2, 2, 2], "a: 6 of 12, b: 6 of 12");
+}
+
+#[test]
+fn endpoint_slices_give_ready_serving_and_gone_endpoints() {
+    let text = "
+apiVersion: v1
+kind: List
+items:
+- kind: HTTPRoute
+  metadata: {name: web, namespace: shop}
+  spec:
+    rules:
+    - backendRefs: [{name: api, port: 80}]
+- kind: Service
+  metadata: {name: api, namespace: shop}
+  spec: {ports: [{name: metrics, port: 9090}, {name: http, port: 80, targetPort: 8080}]}
+- kind: EndpointSlice
+  metadata: {name: api-1, namespace: shop, labels: {kubernetes.io/service-name: api}}
+  addressType: IPv4
+  ports: [{name: metrics, port: 9090}, {name: http, port: 8080}]
+  endpoints:
+  - addresses: [10.0.0.1]
+    conditions: {ready: true}
+  - addresses: [10.0.0.2]
+    conditions: {ready: false, serving: true, terminating: true}
+  - addresses: [10.0.0.3]
+    conditions: {ready: false, serving: false, terminating: true}
+  - addresses: [10.0.0.4]
+- kind: EndpointSlice
+  metadata: {name: api-2, namespace: shop, labels: {kubernetes.io/service-name: api}}
+  addressType: IPv6
+  ports: [{name: http, port: 8080}]
+  endpoints:
+  - addresses: ['2001:db8::5']
+";
+    let table = RouteTable::parse(text).unwrap();
+    assert!(table.refused.is_empty(), "{:?}", table.refused);
+    let rule = table.rules().next().unwrap();
+    assert_eq!(
+        rule.endpoints,
+        [
+            "10.0.0.1:8080",
+            "10.0.0.2:8080",
+            "10.0.0.4:8080",
+            "[2001:db8::5]:8080"
+        ],
+        "not serving is left out; the service port maps to the slice port of its name"
+    );
+    assert_eq!(
+        rule.weights,
+        [1, 0, 1, 1],
+        "serving but not ready keeps its clients only"
+    );
+    assert_eq!(rule.services, [("shop".to_string(), "api".to_string())]);
+}
+
+#[test]
+fn a_reference_grant_lets_a_route_name_another_namespace() {
+    let text = "
+kind: HTTPRoute
+metadata: {name: web, namespace: shop}
+spec:
+  rules:
+  - backendRefs: [{name: api, namespace: backend, port: 80}]
+---
+kind: ReferenceGrant
+metadata: {name: shop-may-use-api, namespace: backend}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: shop}]
+  to: [{group: '', kind: Service, name: api}]
+---
+kind: Backends
+endpoints:
+  backend/api:80: [\"10.0.0.1:80\"]
+";
+    let table = RouteTable::parse(text).unwrap();
+    assert!(table.refused.is_empty(), "{:?}", table.refused);
+    let other = text.replace("name: api}]", "name: other}]");
+    let table = RouteTable::parse(&other).unwrap();
+    assert_eq!(table.refused.len(), 1, "the grant names another Service");
+}
+
+#[test]
+fn the_rule_name_is_the_scope_and_the_index_otherwise() {
+    let text = route(
+        "web",
+        "  - name: api\n    backendRefs: [{name: \"10.0.0.1:80\"}]\n  - backendRefs: [{name: \"10.0.0.2:80\"}]\n",
+    );
+    let table = RouteTable::parse(&text).unwrap();
+    let scopes: Vec<&str> = table.rules().map(|r| r.scope.as_str()).collect();
+    assert_eq!(scopes, ["shop/web/api", "shop/web/1"]);
+    let clash = route(
+        "web",
+        "  - name: \"1\"\n    backendRefs: [{name: \"10.0.0.1:80\"}]\n  - backendRefs: [{name: \"10.0.0.2:80\"}]\n",
+    );
+    let table = RouteTable::parse(&clash).unwrap();
+    assert_eq!(table.refused.len(), 1, "two rules would share shop/web/1");
+}
+
+#[test]
+fn ip_mask_alone_is_accepted_with_a_warning_about_ipv6() {
+    let text = route(
+        "web",
+        "  - backendRefs: [{name: \"10.0.0.1:80\"}]\n    sessionPersistence: {type: ClientIP, absoluteTimeout: 10m, ipMask: 24, idleTimeout: 5m}\n",
+    );
+    let table = RouteTable::parse(&text).unwrap();
+    let policy = table.rules().next().unwrap().persistence.unwrap();
+    assert_eq!((policy.masks().ipv4(), policy.masks().ipv6()), (24, 24));
+    let at: Vec<&str> = table.warnings.iter().map(|w| w.at.as_str()).collect();
+    assert_eq!(
+        at,
+        [
+            "HTTPRoute shop/web spec.rules[0].sessionPersistence.ipMask",
+            "HTTPRoute shop/web spec.rules[0].sessionPersistence.idleTimeout"
+        ]
+    );
+    assert!(table.warnings[0].message.contains("ipv6Mask"));
+    assert!(table.warnings[1].message.contains("v1.6"));
+    for quiet in ["ipMask: 24, ipv6Mask: 64", "ipMask: 48"] {
+        let text = text.replace("ipMask: 24, idleTimeout: 5m", quiet);
+        assert!(
+            RouteTable::parse(&text).unwrap().warnings.is_empty(),
+            "{quiet}"
+        );
+    }
+}
+
+const POLICY: &str = "
+---
+apiVersion: affinity.dev/v1alpha1
+kind: ClientIPSessionPersistencePolicy
+metadata: {name: NAME, namespace: shop, creationTimestamp: 'CREATED'}
+spec:
+  targetRefs: [TARGET]
+  absoluteTimeout: TIMEOUT
+  ipv4Mask: 24
+  ipv6Mask: 64
+";
+
+fn policy(name: &str, created: &str, target: &str, timeout: &str) -> String {
+    POLICY
+        .replace("NAME", name)
+        .replace("CREATED", created)
+        .replace("TARGET", target)
+        .replace("TIMEOUT", timeout)
+}
+
+#[test]
+fn policies_attach_to_a_rule_a_route_or_a_service_and_the_rule_block_wins() {
+    let rules = "  - name: api\n    backendRefs: [{name: api, port: 80}]\n  - name: web\n    backendRefs: [{name: web, port: 80}]\n  - name: own\n    backendRefs: [{name: web, port: 80}]\n    sessionPersistence: {type: ClientIP, absoluteTimeout: 1m, ipv4Mask: 32}\n";
+    let backends = "---\nkind: Backends\nendpoints:\n  shop/api:80: [\"10.0.0.1:80\"]\n  shop/web:80: [\"10.0.0.2:80\"]\n";
+    let text = format!(
+        "{}{backends}{}{}{}",
+        route("r", rules),
+        policy(
+            "on-rule",
+            "2026-01-02T00:00:00Z",
+            "{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r, sectionName: api}",
+            "1h"
+        ),
+        policy(
+            "on-service",
+            "2026-01-01T00:00:00Z",
+            "{group: '', kind: Service, name: web}",
+            "2h"
+        ),
+        policy(
+            "on-route",
+            "2026-01-03T00:00:00Z",
+            "{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}",
+            "3h"
+        ),
+    );
+    let table = RouteTable::parse(&text).unwrap();
+    assert!(table.refused.is_empty(), "{:?}", table.refused);
+    let got: Vec<(&str, u64, &str)> = table
+        .rules()
+        .map(|r| {
+            (
+                r.scope.as_str(),
+                r.persistence.unwrap().absolute_timeout_ms() / 60_000,
+                r.persistence_from.as_deref().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "shop/r/api",
+                60,
+                "ClientIPSessionPersistencePolicy shop/on-rule"
+            ),
+            (
+                "shop/r/web",
+                180,
+                "ClientIPSessionPersistencePolicy shop/on-route"
+            ),
+            ("shop/r/own", 1, "sessionPersistence"),
+        ],
+        "rule over route over Service; the rule's own block over any policy"
+    );
+    let conflicted = table
+        .warnings
+        .iter()
+        .filter(|w| w.message.contains("Conflicted"))
+        .count();
+    // api: on-route loses; web: on-service loses; own: on-route and on-service lose.
+    assert_eq!(conflicted, 4, "{:#?}", table.warnings);
+}
+
+#[test]
+fn of_two_equal_policies_the_older_wins() {
+    let text = format!(
+        "{}{}{}",
+        route("r", STATIC),
+        policy(
+            "newer",
+            "2026-02-01T00:00:00Z",
+            "{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}",
+            "1h"
+        ),
+        policy(
+            "older",
+            "2026-01-01T00:00:00Z",
+            "{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}",
+            "2h"
+        ),
+    );
+    let table = RouteTable::parse(&text).unwrap();
+    let rule = table.rules().next().unwrap();
+    assert_eq!(
+        rule.persistence_from.as_deref(),
+        Some("ClientIPSessionPersistencePolicy shop/older")
+    );
+    assert!(
+        table
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("shop/newer is Conflicted"))
+    );
+}
+
+#[test]
+fn a_policy_naming_nothing_is_reported() {
+    let text = format!(
+        "{}{}",
+        route("r", STATIC),
+        policy(
+            "p",
+            "2026-01-01T00:00:00Z",
+            "{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r, sectionName: nope}",
+            "1h"
+        )
+    );
+    let table = RouteTable::parse(&text).unwrap();
+    assert!(table.rules().next().unwrap().persistence.is_none());
+    assert!(
+        table
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("TargetNotFound")),
+        "{:?}",
+        table.warnings
+    );
+}
+
+#[test]
+fn parent_refs_choose_the_routes_of_one_gateway() {
+    let text = format!(
+        "{}---\n{}",
+        route("mine", STATIC).replace("spec:\n", "spec:\n  parentRefs: [{name: edge}]\n"),
+        route("theirs", STATIC).replace(
+            "spec:\n",
+            "spec:\n  parentRefs: [{name: edge, namespace: other}]\n"
+        )
+    );
+    let options = super::Options::for_dataplane(Some("shop/edge")).unwrap();
+    let table = RouteTable::parse_with(&text, &options).unwrap();
+    let names: Vec<&str> = table.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["mine"]);
+    assert_eq!(table.ignored.len(), 1);
+    assert_eq!(
+        RouteTable::parse(&text).unwrap().routes.len(),
+        2,
+        "no --gateway: all"
+    );
+    for bad in ["edge", "shop/", "/edge", "a/b/c"] {
+        let err = super::Options::for_dataplane(Some(bad)).unwrap_err();
+        assert!(err.contains("NAMESPACE/NAME"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn hostnames_order_routes_exact_then_longer_wildcards_then_age_then_name() {
+    let with = |name: &str, hosts: &str, created: &str| {
+        route(name, STATIC)
+            .replace("spec:\n", &format!("spec:\n  hostnames: [{hosts}]\n"))
+            .replace(
+                "namespace: shop}",
+                &format!("namespace: shop, creationTimestamp: '{created}'}}"),
+            )
+    };
+    let text = [
+        with("any", "'*.example.com'", "2026-01-01T00:00:00Z"),
+        with("eu", "'*.eu.example.com'", "2026-01-03T00:00:00Z"),
+        with("exact", "'www.eu.example.com'", "2026-01-04T00:00:00Z"),
+        with("b-same", "'*.example.org'", "2026-01-05T00:00:00Z"),
+        with("a-same", "'*.example.org'", "2026-01-05T00:00:00Z"),
+        with("young", "'*.example.net'", "2026-01-09T00:00:00Z"),
+        with("old", "'*.example.net'", "2026-01-02T00:00:00Z"),
+    ]
+    .join("---\n");
+    let table = RouteTable::parse(&text).unwrap();
+    let route_of = |host: &str| {
+        let rule = table.select(host, "/").unwrap();
+        table
+            .routes
+            .iter()
+            .find(|r| r.rules.iter().any(|x| std::ptr::eq(x, rule)))
+            .unwrap()
+            .name
+            .clone()
+    };
+    assert_eq!(route_of("www.eu.example.com"), "exact");
+    assert_eq!(route_of("api.eu.example.com"), "eu", "the longer wildcard");
+    assert_eq!(route_of("api.example.com"), "any");
+    assert_eq!(route_of("a.example.org"), "a-same", "same age: by name");
+    assert_eq!(route_of("a.example.net"), "old", "the older route");
 }

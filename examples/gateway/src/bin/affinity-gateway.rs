@@ -16,9 +16,10 @@ use affinity_client::{AffinityClient, FailMode};
 use affinity_gateway::backends::{Membership, health_checker};
 use affinity_gateway::proxy::{Gateway, Settings};
 use affinity_gateway::reload;
+use affinity_gateway::routes::{Options, RouteTable};
 use affinity_proto::GatewayDuration;
 use arc_swap::ArcSwap;
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use pingora::server::Server;
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::background_service;
@@ -27,12 +28,21 @@ use pingora::services::background::background_service;
 #[command(
     name = "affinity-gateway",
     version,
-    about = "HTTP gateway with client-IP session persistence shared across replicas"
+    about = "HTTP gateway with client-IP session persistence shared across replicas",
+    subcommand_negates_reqs = true,
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
-    /// The route file: HTTPRoute documents and an optional Backends document (YAML).
-    #[arg(long, env = "AFFINITY_GATEWAY_ROUTES")]
-    routes: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// The route file: HTTPRoutes and where their endpoints come from (YAML; see
+    /// docs/gateway-integration.md).
+    #[arg(long, env = "AFFINITY_GATEWAY_ROUTES", required = true)]
+    routes: Option<PathBuf>,
+    /// Serve only the HTTPRoutes whose parentRefs name this Gateway, NAMESPACE/NAME
+    /// (default: every route in the file).
+    #[arg(long, env = "AFFINITY_GATEWAY_GATEWAY")]
+    gateway: Option<String>,
     /// Address the proxy listens on.
     #[arg(
         long,
@@ -124,6 +134,41 @@ struct Cli {
     log_level: String,
 }
 
+#[derive(Subcommand)]
+enum Command {
+    /// Check a route file without serving: per rule its scope, persistence and endpoints,
+    /// then every refusal (document, field, rule), warning and ignored document. Exits 0
+    /// only when nothing was refused.
+    Check {
+        /// The route file to check.
+        #[arg(long)]
+        routes: PathBuf,
+        /// Check as `--gateway NAMESPACE/NAME` would serve it.
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Print JSON for tools instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `check`: the report, and whether nothing was refused.
+fn check(routes: &std::path::Path, gateway: Option<&str>, json: bool) -> Result<bool, String> {
+    let options = Options::for_dataplane(gateway)?;
+    let bytes = std::fs::read(routes)
+        .map_err(|e| format!("cannot read --routes {}: {e}", routes.display()))?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| format!("--routes {}: not UTF-8", routes.display()))?;
+    let table = RouteTable::parse_with(text, &options)
+        .map_err(|e| format!("--routes {}: {e}", routes.display()))?;
+    if json {
+        println!("{:#}", table.check_json());
+    } else {
+        print!("{}", table.check_text());
+    }
+    Ok(table.refused.is_empty())
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Mode {
     Open,
@@ -166,18 +211,21 @@ fn run(cli: &Cli) -> Result<(), String> {
         "off" => None,
         addr => Some(check_listen("metrics-listen", addr)?),
     };
-    let (content, loaded) = reload::load(&cli.routes)?;
+    let options = Options::for_dataplane(cli.gateway.as_deref())?;
+    let routes_file = cli.routes.clone().ok_or("--routes is required")?;
+    let (content, loaded) = reload::load(&routes_file, &options)?;
     let handle = serve::install_recorder()?;
 
     let membership = Arc::new(Membership::default());
     let backends = loaded.backends();
     tracing::info!(
-        routes = %cli.routes.display(),
+        routes = %routes_file.display(),
         rules = loaded.rules.len(),
         backends = backends.len(),
         "route file loaded"
     );
     membership.set(backends);
+    loaded.table.log_outcome(reload::REFUSED_GAUGE);
     let routes = Arc::new(ArcSwap::from_pointee(loaded));
 
     // The affinity client and the gateway's own tasks live on this runtime, which lives as
@@ -209,9 +257,10 @@ fn run(cli: &Cli) -> Result<(), String> {
             .map_err(|e| format!("--store: {e}"))?
     };
     runtime.spawn(reload::watch(
-        cli.routes.clone(),
+        routes_file,
         cli.reload_interval.as_std(),
         content,
+        options,
         routes.clone(),
         membership.clone(),
     ));
@@ -281,6 +330,21 @@ fn run(cli: &Cli) -> Result<(), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Check {
+        routes,
+        gateway,
+        json,
+    }) = &cli.command
+    {
+        return match check(routes, gateway.as_deref(), *json) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => {
+                eprintln!("affinity-gateway check: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
