@@ -4,6 +4,9 @@
 //! - `manifests`: every kustomization renders; the objects validate against the
 //!   Kubernetes OpenAPI schemas (`kubernetes-validate`, installed by `tests/install-deps.sh`)
 //!   and follow the project's rules; the arguments and config file pass `affinityd check`.
+//! - `crds`: the ClientIPSessionPersistencePolicy CRD validates against the Kubernetes
+//!   schemas; the example policies pass its schema, and bad ones are refused naming the
+//!   field, as the project's `sessionPersistence` parser refuses them.
 //! - `rehearsal`: containers named and started exactly as the StatefulSet starts its pods
 //!   form a cluster by ordinal, grow to four nodes and shrink back to three.
 //!
@@ -12,6 +15,7 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod crds;
 mod manifests;
 mod rehearsal;
 

@@ -10,10 +10,10 @@ use serde_json::Value;
 use crate::{config_file, object, out_dir, render, root, skip, store_container};
 
 /// The Kubernetes release whose schemas the manifests must satisfy.
-const KUBERNETES_VERSION: &str = "1.34.0";
+pub(crate) const KUBERNETES_VERSION: &str = "1.34.0";
 
 /// `kubernetes-validate` on the PATH, or where `tests/install-deps.sh` puts it.
-fn kubernetes_validate() -> Option<PathBuf> {
+pub(crate) fn kubernetes_validate() -> Option<PathBuf> {
     let installed = std::env::var_os("HOME")
         .map(|home| PathBuf::from(home).join(".cache/affinity/venv/bin/kubernetes-validate"));
     let on_path = std::env::var_os("PATH").and_then(|paths| {
@@ -22,6 +22,21 @@ fn kubernetes_validate() -> Option<PathBuf> {
             .find(|p| p.is_file())
     });
     on_path.or(installed.filter(|p| p.is_file()))
+}
+
+/// Run `kubernetes-validate --strict` on `file`: whether it passed, and what it said.
+pub(crate) fn validate(tool: &std::path::Path, file: &std::path::Path) -> (bool, String) {
+    let output = Command::new(tool)
+        .args(["--strict", "-k", KUBERNETES_VERSION])
+        .arg(file)
+        .output()
+        .expect("kubernetes-validate runs");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), said)
 }
 
 #[test]
@@ -45,18 +60,9 @@ fn every_kustomization_validates_against_the_kubernetes_schemas() {
             .map(|o| serde_norway::to_string(o).unwrap())
             .collect();
         std::fs::write(&file, text.join("---\n")).unwrap();
-        let output = Command::new(&tool)
-            .args(["--strict", "-k", KUBERNETES_VERSION])
-            .arg(&file)
-            .output()
-            .expect("kubernetes-validate runs");
-        let said = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let (passed, said) = validate(&tool, &file);
         assert!(
-            output.status.success(),
+            passed,
             "{dir} does not validate against Kubernetes {KUBERNETES_VERSION}:\n{said}"
         );
         let valid = said.matches(" passed for resource ").count();
