@@ -148,19 +148,9 @@ impl Decider {
         let eligible = self.health.eligible(&rule.endpoints);
         let weights = rule.weights_of(&eligible);
         let Some(policy) = &rule.persistence else {
-            // Round robin over the endpoints that take new requests (all, if none does).
-            let open: Vec<String> = if weights.is_empty() {
-                eligible.clone()
-            } else {
-                eligible
-                    .iter()
-                    .zip(&weights)
-                    .filter(|(_, w)| **w > 0)
-                    .map(|(e, _)| e.clone())
-                    .collect()
-            };
+            // Round robin by weight (equally, if no eligible endpoint takes new requests).
             return Verdict {
-                endpoint: state.round_robin(&open).map(str::to_string),
+                endpoint: state.round_robin(&eligible, &weights).map(str::to_string),
                 how: Ok(Decided::RoundRobin),
                 scope,
                 prefix: None,

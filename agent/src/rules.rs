@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use affinity_client::gateway::routes::{Options, RouteTable, Rule};
+use affinity_client::gateway::routes::{Options, RouteTable, Rule, weighted_turn};
 use arc_swap::ArcSwap;
 
 /// One rule ready to answer.
@@ -25,13 +25,13 @@ pub struct RuleState {
 }
 
 impl RuleState {
-    /// The next of `candidates` in round-robin order; `None` when there are none.
-    pub fn round_robin<'a>(&self, candidates: &'a [String]) -> Option<&'a str> {
-        if candidates.is_empty() {
-            return None;
-        }
+    /// The next of `candidates` in round-robin order, each as often as its weight in
+    /// `weights` (one per candidate; empty: equally); `None` when there are none.
+    pub fn round_robin<'a>(&self, candidates: &'a [String], weights: &[u32]) -> Option<&'a str> {
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        candidates.get(turn % candidates.len()).map(String::as_str)
+        weighted_turn(turn, candidates.len(), weights)
+            .and_then(|i| candidates.get(i))
+            .map(String::as_str)
     }
 }
 
@@ -52,7 +52,16 @@ impl Rules {
     /// health and the proxies connect to it as written): a rule naming another is refused
     /// with its route. Fails when nothing can be served.
     pub fn parse_with(text: &str, options: &Options) -> Result<Rules, String> {
-        let table = RouteTable::parse_servable(text, options)?;
+        Self::reparse(text, options, None)
+    }
+
+    /// Parse a changed route file; a route it refuses keeps its version in `in_force`.
+    pub fn reparse(
+        text: &str,
+        options: &Options,
+        in_force: Option<&Rules>,
+    ) -> Result<Rules, String> {
+        let table = RouteTable::parse_servable(text, options, in_force.map(Rules::table))?;
         let by_scope = table
             .rules()
             .map(|rule| {
@@ -135,7 +144,10 @@ pub async fn watch(
         path,
         interval,
         current,
-        move |text| Rules::parse_with(text, &options),
+        {
+            let rules = rules.clone();
+            move |text| Rules::reparse(text, &options, Some(&rules.load()))
+        },
         move |parsed| {
             parsed.table().log_outcome(REFUSED_GAUGE);
             changed(&parsed);
@@ -209,8 +221,13 @@ endpoints:
         let rules = Rules::parse(FILE).expect("valid file");
         let rule = rules.by_scope("shop/web/1").expect("rule 1");
         let candidates = vec!["a:1".to_string(), "b:1".to_string()];
-        let picks: Vec<_> = (0..3).map(|_| rule.round_robin(&candidates)).collect();
+        let picks: Vec<_> = (0..3).map(|_| rule.round_robin(&candidates, &[])).collect();
         assert_eq!(picks, [Some("a:1"), Some("b:1"), Some("a:1")]);
-        assert_eq!(rule.round_robin(&[]), None);
+        let picks: Vec<_> = (0..8)
+            .map(|_| rule.round_robin(&candidates, &[1, 3]))
+            .collect();
+        let b = picks.iter().filter(|p| **p == Some("b:1")).count();
+        assert_eq!(b, 6, "weights 1:3 over two cycles: {picks:?}");
+        assert_eq!(rule.round_robin(&[], &[]), None);
     }
 }

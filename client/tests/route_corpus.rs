@@ -58,6 +58,16 @@ fn every_example_route_is_accepted_or_refused_as_it_says() {
 }
 
 #[test]
+fn the_canary_splits_nine_to_one() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/routes");
+    let text = std::fs::read_to_string(dir.join("traffic-split.yaml")).unwrap();
+    let table = RouteTable::parse(&text).unwrap();
+    let rule = table.rules().next().unwrap();
+    assert_eq!(rule.endpoints, ["10.1.3.1:80", "10.1.4.1:80"]);
+    assert_eq!(rule.weights, [9, 1]);
+}
+
+#[test]
 fn the_exported_list_reads_endpoints_from_its_slices() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/routes");
     let text = std::fs::read_to_string(dir.join("exported-list.yaml")).unwrap();

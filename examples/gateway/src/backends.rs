@@ -24,7 +24,7 @@ use pingora::lb::health_check::{HealthObserve, TcpHealthCheck};
 use pingora::lb::selection::RoundRobin;
 use pingora::lb::{Backend, Backends, LoadBalancer};
 
-use crate::routes::{Options, RouteTable, Rule};
+use crate::routes::{Options, RouteTable, Rule, weighted_turn};
 
 /// One endpoint of a rule.
 #[derive(Debug, Clone)]
@@ -49,13 +49,15 @@ pub struct RuleState {
 
 impl RuleState {
     /// The next endpoint in round-robin order among `candidates` (indexes into
-    /// [`RuleState::upstreams`]); `None` when there are none.
+    /// [`RuleState::upstreams`]), each as often as the rule's weight for it (equally when
+    /// none of them has a weight above 0); `None` when there are none.
     pub fn round_robin(&self, candidates: &[usize]) -> Option<usize> {
-        if candidates.is_empty() {
-            return None;
-        }
+        let weights: Vec<u32> = candidates
+            .iter()
+            .map(|&i| self.rule.weights.get(i).copied().unwrap_or(0))
+            .collect();
         let turn = self.next.fetch_add(1, Ordering::Relaxed);
-        candidates.get(turn % candidates.len()).copied()
+        weighted_turn(turn, candidates.len(), &weights).and_then(|i| candidates.get(i).copied())
     }
 }
 
@@ -78,15 +80,25 @@ impl Loaded {
     /// to: a rule naming another is refused with its route, and the others are served.
     /// Fails when nothing can be served.
     pub fn parse_with(text: &str, options: &Options) -> Result<Loaded, String> {
-        let table = RouteTable::parse_servable(text, options)?;
+        Self::reparse(text, options, None)
+    }
+
+    /// Parse a changed route file; a route it refuses keeps its version in `in_force`.
+    pub fn reparse(
+        text: &str,
+        options: &Options,
+        in_force: Option<&Loaded>,
+    ) -> Result<Loaded, String> {
+        let table = RouteTable::parse_servable(text, options, in_force.map(|l| &l.table))?;
         let mut rules = HashMap::new();
         for rule in table.rules() {
             let mut upstreams = Vec::with_capacity(rule.endpoints.len());
             for name in &rule.endpoints {
-                // The parser accepted only IP:PORT endpoints.
-                let Ok(addr) = name.parse::<SocketAddr>() else {
-                    continue;
-                };
+                // The parser accepted only IP:PORT endpoints; upstreams and the rule's
+                // weights share one order.
+                let addr: SocketAddr = name.parse().map_err(|_| {
+                    format!("rule {}: endpoint {name:?} is not an IP:PORT", rule.scope)
+                })?;
                 let backend = Backend::new(&addr.to_string())
                     .map_err(|e| format!("rule {}: endpoint {name:?}: {e}", rule.scope))?;
                 upstreams.push(Upstream {

@@ -116,14 +116,7 @@ impl Gateway {
     ) -> pingora::Result<(usize, Decided, Option<ClientKey>)> {
         let candidates = self.candidates(state, &ctx.excluded);
         let scope = &state.rule.scope;
-        // Round robin over the candidates that take new requests (all, if none does).
-        let open: Vec<usize> = candidates
-            .iter()
-            .copied()
-            .filter(|&i| state.rule.weights.get(i).is_some_and(|w| *w > 0))
-            .collect();
-        let turn = if open.is_empty() { &candidates } else { &open };
-        let Some(pick) = state.round_robin(turn) else {
+        let Some(pick) = state.round_robin(&candidates) else {
             return Err(status(502, format!("rule {scope}: no backend left to try")));
         };
         let Some(policy) = &state.rule.persistence else {

@@ -46,7 +46,10 @@ pub async fn watch(
         path,
         interval,
         current,
-        move |text| Loaded::parse_with(text, &options),
+        {
+            let routes = routes.clone();
+            move |text| Loaded::reparse(text, &options, Some(&routes.load()))
+        },
         move |loaded| {
             loaded.table.log_outcome(REFUSED_GAUGE);
             let rules = loaded.rules.len();

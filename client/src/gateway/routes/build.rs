@@ -22,6 +22,9 @@ fn is_host_port(text: &str) -> bool {
         .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0))
 }
 
+/// Gateway API's largest `backendRef` weight.
+const MAX_WEIGHT: u32 = 1_000_000;
+
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
@@ -34,13 +37,14 @@ fn spread(refs: &[(u32, Vec<(String, State)>)]) -> Vec<(String, u32)> {
     let ready = |list: &[(String, State)]| {
         u64::try_from(list.iter().filter(|(_, s)| *s == State::Ready).count()).unwrap_or(1)
     };
+    let heaviest = refs.iter().map(|(w, _)| u64::from(*w)).max().unwrap_or(1);
     let lcm = refs
         .iter()
         .filter(|(w, list)| *w > 0 && ready(list) > 0)
         .try_fold(1_u64, |l, (_, list)| {
             let n = ready(list);
             let next = l / gcd(l, n) * n;
-            (next <= 10_000).then_some(next)
+            (next <= 10_000 && u32::try_from(heaviest * next).is_ok()).then_some(next)
         });
     let mut out: Vec<(String, u32)> = Vec::new();
     for (w, list) in refs {
@@ -158,6 +162,12 @@ pub(super) fn build(
                 ));
             }
             let weight = backend.weight.unwrap_or(1);
+            if weight > MAX_WEIGHT {
+                return Err(ValidationError::new(
+                    field(".weight"),
+                    format!("must be 0..={MAX_WEIGHT} (got {weight})"),
+                ));
+            }
             let found = if backend.port.is_none() && is_host_port(&backend.name) {
                 vec![(backend.name, State::Ready)]
             } else {
@@ -178,10 +188,22 @@ pub(super) fn build(
                     ));
                 }
                 services.push((ns.to_string(), backend.name.clone()));
-                context
+                let found = context
                     .sources
                     .endpoints(ns, &backend.name, port)
-                    .map_err(|rule| ValidationError::new(field(""), rule))?
+                    .map_err(|rule| ValidationError::new(field(""), rule))?;
+                if found.is_empty() {
+                    // A Service scaled to zero, or one drained and removed: the rule is
+                    // served by its other backendRefs, if any.
+                    warnings.push(Notice {
+                        at: field(""),
+                        message: format!(
+                            "no ready or serving endpoint for {ns}/{}:{port} (add its EndpointSlices, or list them under a Backends document's endpoints); the rule's other backendRefs serve",
+                            backend.name
+                        ),
+                    });
+                }
+                found
             };
             for (endpoint, _) in &found {
                 if !is_host_port(endpoint) {
@@ -205,8 +227,14 @@ pub(super) fn build(
         if endpoints.is_empty() {
             return Err(ValidationError::new(
                 here(".backendRefs"),
-                "must name at least one endpoint",
+                "must name at least one endpoint (a ready or serving one, when they come from EndpointSlices)",
             ));
+        }
+        if weights.iter().all(|w| *w == 0) {
+            warnings.push(Notice {
+                at: here(".backendRefs"),
+                message: "no endpoint takes new clients (every weight is 0, or no endpoint is ready): they are spread over the endpoints that keep their sessions".into(),
+            });
         }
         let own = rule
             .session_persistence

@@ -114,6 +114,8 @@ pub struct RouteTable {
     /// Documents and routes left out on purpose (kinds this data plane does not read,
     /// routes of another Gateway).
     pub ignored: Vec<Notice>,
+    /// The `namespace/name` of every `HTTPRoute` among [`refused`](Self::refused).
+    pub refused_routes: Vec<String>,
 }
 
 /// A warning or a note about one place in the file.
@@ -201,6 +203,29 @@ impl Rule {
             weights
         }
     }
+}
+
+/// Round robin by weight, for rules without persistence: the index that turn number
+/// `turn` goes to, each index taking as many turns of every `sum(weights)` as its weight.
+/// Empty `weights` (or all 0) means equal turns over `len` candidates; `None` when there
+/// are none.
+pub fn weighted_turn(turn: usize, len: usize, weights: &[u32]) -> Option<usize> {
+    if len == 0 {
+        return None;
+    }
+    let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+    if weights.len() != len || total == 0 {
+        return Some(turn % len);
+    }
+    let mut left = u64::try_from(turn).unwrap_or(u64::MAX) % total;
+    for (i, w) in weights.iter().enumerate() {
+        let w = u64::from(*w);
+        if left < w {
+            return Some(i);
+        }
+        left -= w;
+    }
+    Some(len - 1)
 }
 
 /// A path match.
@@ -389,7 +414,10 @@ impl RouteTable {
             };
             match build::build(route, &context, &mut table.warnings) {
                 Ok(route) => table.routes.push(route),
-                Err(e) => table.refused.push(e),
+                Err(e) => {
+                    table.refused.push(e);
+                    table.refused_routes.push(id);
+                }
             }
         }
         policy::unmatched(&policies, &table.routes, &mut table.warnings);

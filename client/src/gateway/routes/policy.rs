@@ -178,7 +178,7 @@ pub(super) fn unmatched(
                         .find(|r| r.namespace == policy.namespace && r.name == target.name);
                     match (route, &target.section_name) {
                         (None, _) => Some(format!(
-                            "TargetNotFound: no HTTPRoute {}/{} is served from this file",
+                            "TargetNotFound: no HTTPRoute {}/{} is served from this file (absent, refused, or not attached to the --gateway)",
                             policy.namespace, target.name
                         )),
                         (Some(r), Some(section))

@@ -34,7 +34,7 @@ impl RouteTable {
                     "no route can be served ({} refused; the first: {first})",
                     self.refused.len()
                 ),
-                None => "the file holds no HTTPRoute".into(),
+                None => "no HTTPRoute to serve in the file (none given, or none attached to the --gateway)".into(),
             });
         }
         Ok(self)
@@ -42,15 +42,41 @@ impl RouteTable {
 
     /// Parse a route file for a data plane that connects to `IP:PORT` endpoints (the
     /// options' `ip_endpoints` is set): `Err` when the file is not YAML or nothing in it
-    /// can be served.
-    pub fn parse_servable(text: &str, options: &Options) -> Result<RouteTable, String> {
+    /// can be served. On a reload, `in_force` is the table served until now: a route the
+    /// new file refuses keeps its version in force (with a warning) rather than vanish.
+    pub fn parse_servable(
+        text: &str,
+        options: &Options,
+        in_force: Option<&RouteTable>,
+    ) -> Result<RouteTable, String> {
         let options = Options {
             ip_endpoints: true,
             ..options.clone()
         };
-        RouteTable::parse_with(text, &options)
-            .map_err(|e| e.to_string())?
-            .servable()
+        let mut table = RouteTable::parse_with(text, &options).map_err(|e| e.to_string())?;
+        if let Some(previous) = in_force {
+            table.keep_in_force(previous);
+        }
+        table.servable()
+    }
+
+    /// Serve `previous`'s version of each route this table refused.
+    fn keep_in_force(&mut self, previous: &RouteTable) {
+        for id in &self.refused_routes {
+            let served = |r: &&super::Route| format!("{}/{}", r.namespace, r.name) == *id;
+            if self.routes.iter().any(|r| served(&r)) {
+                continue;
+            }
+            if let Some(old) = previous.routes.iter().find(served) {
+                self.routes.push(old.clone());
+                self.warnings.push(super::Notice {
+                    at: format!("HTTPRoute {id}"),
+                    message:
+                        "refused in the new file; the version in force stays until it is fixed"
+                            .into(),
+                });
+            }
+        }
     }
 
     /// The `check` report for people: per rule its scope, policy and endpoints, then

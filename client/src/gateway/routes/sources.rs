@@ -109,6 +109,7 @@ impl Sources {
                     format!("{address:?} is not an IP address"),
                 ));
             }
+            // Kubernetes: an unset `ready` means ready; an unset `serving` defers to it.
             let ready = endpoint.conditions.ready.unwrap_or(true);
             let serving = endpoint.conditions.serving.unwrap_or(ready);
             let state = if ready {
@@ -178,8 +179,8 @@ impl Sources {
             })
     }
 
-    /// The endpoints of Service `namespace/name` at service port `port`; `Err` says why
-    /// there are none.
+    /// The ready and serving endpoints of Service `namespace/name` at service port `port`
+    /// (possibly none); `Err` when the port cannot be mapped.
     pub fn endpoints(
         &self,
         namespace: &str,
@@ -203,7 +204,13 @@ impl Sources {
             None => None,
         };
         let slices = self.slices.get(&id);
-        for slice in slices.into_iter().flatten() {
+        // A slice without endpoints (such as the placeholder of a Service scaled to zero,
+        // whose ports are null) adds nothing and maps no port.
+        for slice in slices
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.endpoints.is_empty())
+        {
             let target = if let Some(sp) = service_port {
                 let wanted = sp.name.as_deref().filter(|n| !n.is_empty());
                 slice
@@ -211,11 +218,10 @@ impl Sources {
                     .iter()
                     .find(|(n, _)| n.as_deref() == wanted)
                     .map(|(_, p)| *p)
-                    .or_else(|| {
-                        sp.target_port
-                            .as_ref()
-                            .and_then(serde_norway::Value::as_u64)
-                            .and_then(|p| u16::try_from(p).ok())
+                    .or_else(|| match &sp.target_port {
+                        // Unset: the target port is the service port.
+                        None => Some(sp.port),
+                        Some(v) => v.as_u64().and_then(|p| u16::try_from(p).ok()),
                     })
             } else {
                 let only = match slice.ports.as_slice() {
@@ -238,15 +244,16 @@ impl Sources {
                 found.push((join(address, target), *state));
             }
         }
-        if found.is_empty() {
-            return Err(if slices.is_some() {
-                format!("no ready or serving endpoint for {key}")
-            } else {
-                format!(
-                    "no endpoints for {key}: add its EndpointSlices, or list them under a Backends document's endpoints"
-                )
-            });
+        // The same address listed twice (two slices, or a slice and a Backends entry)
+        // counts once, in its best state.
+        let mut unique: Vec<(String, State)> = Vec::with_capacity(found.len());
+        for (endpoint, state) in found {
+            match unique.iter_mut().find(|(e, _)| *e == endpoint) {
+                Some((_, kept)) if state == State::Ready => *kept = State::Ready,
+                Some(_) => {}
+                None => unique.push((endpoint, state)),
+            }
         }
-        Ok(found)
+        Ok(unique)
     }
 }

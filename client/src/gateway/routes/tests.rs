@@ -105,8 +105,8 @@ fn bad_route_files_name_the_field_and_the_rule() {
     let cases = [
         (
             "kind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules:\n  - backendRefs: [{name: web, port: 80}]\n",
-            "HTTPRoute default/r spec.rules[0].backendRefs[0]",
-            "no endpoints for default/web:80",
+            "HTTPRoute default/r spec.rules[0].backendRefs",
+            "at least one endpoint",
         ),
         (
             "kind: HTTPRoute\nmetadata: {name: r}\nspec:\n  rules:\n  - backendRefs: [{name: web}]\n",
@@ -162,7 +162,7 @@ fn bad_route_files_name_the_field_and_the_rule() {
         (
             "kind: ClientIPSessionPersistencePolicy\nmetadata: {name: p}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: r}]\n  absoluteTimeout: 10m\n  ipv4Mask: 40\n",
             "ClientIPSessionPersistencePolicy default/p spec.ipv4Mask",
-            "",
+            "32",
         ),
         (
             "kind: ClientIPSessionPersistencePolicy\nmetadata: {name: p}\nspec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: g}]\n  absoluteTimeout: 10m\n",
@@ -373,7 +373,13 @@ endpoints:
     assert!(table.refused.is_empty(), "{:?}", table.refused);
     let other = text.replace("name: api}]", "name: other}]");
     let table = RouteTable::parse(&other).unwrap();
-    assert_eq!(table.refused.len(), 1, "the grant names another Service");
+    let [refusal] = table.refused.as_slice() else {
+        panic!("the grant names another Service: {:?}", table.refused);
+    };
+    assert_eq!(
+        refusal.field,
+        "HTTPRoute shop/web spec.rules[0].backendRefs[0].namespace"
+    );
 }
 
 #[test]
@@ -623,4 +629,110 @@ fn hostnames_order_routes_exact_then_longer_wildcards_then_age_then_name() {
     assert_eq!(route_of("api.example.com"), "any");
     assert_eq!(route_of("a.example.org"), "a-same", "same age: by name");
     assert_eq!(route_of("a.example.net"), "old", "the older route");
+}
+
+#[test]
+fn a_backend_ref_without_endpoints_leaves_the_rule_to_the_others() {
+    let text = "
+kind: HTTPRoute
+metadata: {name: web, namespace: shop}
+spec:
+  rules:
+  - backendRefs: [{name: next, port: 80}, {name: old, port: 80, weight: 0}]
+---
+kind: EndpointSlice
+metadata: {name: old-empty, namespace: shop, labels: {kubernetes.io/service-name: old}}
+addressType: IPv4
+ports: null
+endpoints: null
+---
+kind: EndpointSlice
+metadata: {name: next-1, namespace: shop, labels: {kubernetes.io/service-name: next}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.0.0.1]}, {addresses: [10.0.0.2], conditions: {ready: false, serving: true}}]
+---
+kind: EndpointSlice
+metadata: {name: next-2, namespace: shop, labels: {kubernetes.io/service-name: next}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.0.0.1]}]
+---
+kind: EndpointSlice
+metadata: {name: next-placeholder, namespace: shop, labels: {kubernetes.io/service-name: next}}
+addressType: IPv4
+ports: null
+endpoints: []
+";
+    let table = RouteTable::parse(text).unwrap();
+    assert!(table.refused.is_empty(), "{:?}", table.refused);
+    let rule = table.rules().next().unwrap();
+    assert_eq!(
+        rule.endpoints,
+        ["10.0.0.1:8080", "10.0.0.2:8080"],
+        "one address in two slices counts once; the placeholder maps no port"
+    );
+    assert_eq!(
+        rule.weights,
+        [1, 0],
+        "serving, not ready: keeps its clients"
+    );
+    assert_eq!(table.warnings.len(), 1, "{:?}", table.warnings);
+    assert!(table.warnings[0].at.ends_with("backendRefs[1]"));
+}
+
+#[test]
+fn every_weight_0_is_served_with_a_warning_and_weights_are_bounded() {
+    let text = route(
+        "web",
+        "  - backendRefs: [{name: \"10.0.0.1:80\", weight: 0}]\n",
+    );
+    let table = RouteTable::parse(&text).unwrap();
+    assert_eq!(table.rules().next().unwrap().weights, [0]);
+    assert!(
+        table.warnings[0]
+            .message
+            .contains("no endpoint takes new clients")
+    );
+    let heavy = route(
+        "web",
+        "  - backendRefs: [{name: \"10.0.0.1:80\", weight: 1000001}]\n",
+    );
+    let table = RouteTable::parse(&heavy).unwrap();
+    assert!(table.refused[0].field.ends_with("backendRefs[0].weight"));
+}
+
+#[test]
+fn a_reload_that_refuses_a_route_keeps_its_version_in_force() {
+    let options = super::Options::for_dataplane(None).unwrap();
+    let first = format!("{}---\n{}", route("a", STATIC), route("b", STATIC));
+    let in_force = RouteTable::parse_servable(&first, &options, None).unwrap();
+    let broken = format!(
+        "{}---\n{}",
+        route("a", STATIC),
+        route("b", "  - backendRefs: [{name: \"b.example:80\"}]\n")
+    );
+    let table = RouteTable::parse_servable(&broken, &options, Some(&in_force)).unwrap();
+    let names: Vec<&str> = table.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"], "b stays as it was");
+    assert_eq!(table.refused.len(), 1);
+    assert!(
+        table
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("version in force"))
+    );
+    let fresh = RouteTable::parse_servable(&broken, &options, None).unwrap();
+    assert_eq!(
+        fresh.routes.len(),
+        1,
+        "at start there is no version in force"
+    );
+    let err = RouteTable::parse_servable(
+        &route("b", "  - backendRefs: [{name: \"b.example:80\"}]\n"),
+        &options,
+        None,
+    )
+    .unwrap_err();
+    assert!(err.contains("no route can be served"), "{err}");
 }

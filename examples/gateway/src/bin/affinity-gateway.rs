@@ -138,7 +138,7 @@ struct Cli {
 enum Command {
     /// Check a route file without serving: per rule its scope, persistence and endpoints,
     /// then every refusal (document, field, rule), warning and ignored document. Exits 0
-    /// only when nothing was refused.
+    /// only when nothing was refused and some route is served.
     Check {
         /// The route file to check.
         #[arg(long)]
@@ -166,7 +166,8 @@ fn check(routes: &std::path::Path, gateway: Option<&str>, json: bool) -> Result<
     } else {
         print!("{}", table.check_text());
     }
-    Ok(table.refused.is_empty())
+    // What the gateway would refuse to start on fails the check too.
+    Ok(table.refused.is_empty() && !table.routes.is_empty())
 }
 
 #[derive(Clone, Copy, ValueEnum)]
