@@ -17,7 +17,7 @@ use affinity_server::store::export::write_atomically;
 use serde_json::{Value, json};
 use tonic::Status;
 
-use super::Ctl;
+use crate::ctl::Ctl;
 
 /// A backup may take longer than one request's deadline: a large snapshot to build and send.
 const BACKUP_DEADLINE: Duration = Duration::from_secs(600);
