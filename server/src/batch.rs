@@ -25,9 +25,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use openraft::errors::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::node::Stamps;
-use crate::raft::{Raft, TypeConfig};
+use crate::raft::TypeConfig;
 use crate::sm::{Command, Op, Outcome};
+use crate::stamps::{Raft, Stamps};
 
 /// What a proposal came to: its outcome, or why Raft refused the entry that carried it.
 pub type Reply = Result<Outcome, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>;

@@ -24,8 +24,11 @@
 //!   frames, group commit, purge by whole segments, torn tails cut, damage refused),
 //!   behind a file-layer trait that crash tests replace with a simulated disk.
 //! - [`clock`]: wall-clock time, read only to stamp proposals and to judge expiry on reads.
+//! - [`stamps`]: the Raft handle's type and the stamps a leader puts on proposals, below
+//!   both [`node`] and [`batch`] (which batches a leader's client writes into entries).
 //! - [`node`]: a running node (Raft plus storage) and the operations the services offer;
-//!   [`join`]: how a node becomes a member (static peers, or joining by ordinal);
+//!   [`join`], above it: how a node becomes a member (static peers, or joining by
+//!   ordinal);
 //!   [`network`]: Raft traffic between nodes; [`grpc`]: the services; [`server`]: the
 //!   process that serves them, with health, metrics and a clean stop.
 //!
@@ -52,6 +55,7 @@ pub mod raft;
 pub mod ratelimit;
 pub mod server;
 pub mod sm;
+pub mod stamps;
 pub mod store;
 pub mod tls;
 pub mod wal;

@@ -24,8 +24,9 @@ use crate::clock;
 use crate::config::{Config, ConfigError, Limits};
 use crate::error::ServiceError;
 use crate::network::{Handoff, LeaderTime, PeerNetwork, Peers};
-use crate::raft::{Node as RaftNode, NodeId, Raft, TypeConfig};
+use crate::raft::{Node as RaftNode, NodeId, TypeConfig};
 use crate::sm::{Command, Op, Outcome};
+use crate::stamps::{Raft, Stamps, StoreTime};
 use crate::store::{self, StateMachineStore, StoreError};
 
 /// Committed entries a node may still have to apply and count as ready.
@@ -192,35 +193,6 @@ pub struct Node {
     votes_from: Instant,
 }
 
-/// Stamps for this node's proposals while it leads: [`clock::LeaderClock`] fed with the
-/// current term and the newest stamp applied. Cheap to clone.
-#[derive(Clone)]
-pub struct Stamps {
-    time: Arc<StoreTime>,
-    raft: Raft,
-}
-
-impl Stamps {
-    /// The stamp for a proposal made now.
-    pub fn now(&self) -> i64 {
-        let term = self.raft.metrics().borrow_watched().current_term;
-        self.time.store_ms(term)
-    }
-}
-
-/// The store time as leader of a term: the leader clock over the newest stamp applied.
-/// Also what this node's appends announce to its followers.
-struct StoreTime {
-    clock: clock::LeaderClock,
-    state: StateMachineStore,
-}
-
-impl LeaderTime for StoreTime {
-    fn store_ms(&self, term: u64) -> i64 {
-        self.clock.stamp(term, self.state.clock_ms())
-    }
-}
-
 /// Requests refused by a limit, by limit (pending writes are counted by the batcher).
 #[derive(Debug, Default)]
 pub struct Refusals {
@@ -246,7 +218,8 @@ pub const BATCH_IN_FLIGHT: usize = 1;
 pub const BATCH_MAX_OPS: usize = 512;
 
 impl Node {
-    /// Open the data directory, start Raft and, on first start, form the cluster.
+    /// Open the data directory and start Raft. Forming the cluster on first start is
+    /// `join::bootstrap`'s, which the caller runs next.
     pub async fn start(
         config: &Config,
         me: RaftNode,
@@ -277,10 +250,10 @@ impl Node {
         raft_config.enable_elect = !had_vote;
         let raft_config = Arc::new(raft_config);
         let handoff = Handoff::default();
-        let time = Arc::new(StoreTime {
-            clock: clock::LeaderClock::new(config.max_clock_step),
-            state: storage.state.clone(),
-        });
+        let time = Arc::new(StoreTime::new(
+            clock::LeaderClock::new(config.max_clock_step),
+            storage.state.clone(),
+        ));
         let network = PeerNetwork::new(
             config.node_id,
             peers.clone(),
@@ -296,10 +269,7 @@ impl Node {
         )
         .await
         .map_err(|e| StartError::Raft(e.to_string()))?;
-        let stamps = Stamps {
-            time,
-            raft: raft.clone(),
-        };
+        let stamps = Stamps::new(time, raft.clone());
         let batcher = Batcher::start(
             raft.clone(),
             stamps.clone(),
@@ -327,7 +297,6 @@ impl Node {
             votes_from,
         };
         node.hold_elections_until(votes_from);
-        crate::join::bootstrap(&node, config, &peers).await?;
         Ok(Arc::new(node))
     }
 
@@ -396,7 +365,7 @@ impl Node {
         }
         if term >= self.raft.metrics().borrow_watched().current_term {
             if store_ms != 0 {
-                self.stamps.time.clock.hear(term, store_ms, at);
+                self.stamps.time().clock().hear(term, store_ms, at);
             }
             self.contact
                 .heard(term, commit.unwrap_or(0), at, self.in_touch_window);
@@ -411,10 +380,12 @@ impl Node {
             let m = metrics.borrow_watched();
             (m.current_term, m.state == ServerState::Leader)
         };
-        self.stamps
-            .time
-            .clock
-            .offset_ms(term, leading, clock::now_ms(), std::time::Instant::now())
+        self.stamps.time().clock().offset_ms(
+            term,
+            leading,
+            clock::now_ms(),
+            std::time::Instant::now(),
+        )
     }
 
     /// The configured bounds.

@@ -135,6 +135,7 @@ async fn serve(
     };
     let peers = Peers::new(Duration::from_secs(2), config.tls.clone());
     let node = Node::start(&config, advertise, peers.clone()).await?;
+    crate::join::bootstrap(&node, &config, &peers).await?;
     // Checks on every call, cheapest first: the connection's rate, then its role. A peer
     // port checks roles only: a follower forwards all its clients' writes on one
     // connection.

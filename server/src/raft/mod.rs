@@ -75,5 +75,3 @@ pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<Typ
 pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
 /// A snapshot with its data handle.
 pub type Snapshot<SD> = openraft::type_config::alias::SnapshotOf<TypeConfig, SD>;
-/// A Raft node of the store.
-pub type Raft = openraft::Raft<TypeConfig, crate::store::StateMachineStore>;
