@@ -9,7 +9,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use affinity_proto::{ClientKey, Policy, pb, request};
 use futures::FutureExt;
-use futures::future::{BoxFuture, Shared};
 use parking_lot::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -23,24 +22,8 @@ use crate::tls::ClientTls;
 use crate::transport::Nodes;
 use crate::watch;
 
-/// Wall clock, Unix ms.
-pub(crate) fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
-/// What happens when the store cannot answer in time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum FailMode {
-    /// Answer with a rendezvous-hash fallback decision (the same on every replica), and say
-    /// so in [`Decision::source`]. The default: a gateway keeps routing.
-    #[default]
-    Open,
-    /// Return the error.
-    Closed,
-}
+pub use crate::shared::FailMode;
+use crate::shared::{Answer, Inner, now_ms, removal_window_ms};
 
 /// Where a decision came from. New sources may be added: match with a wildcard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -261,86 +244,6 @@ impl Builder {
             runtime.spawn(watch::run(Arc::downgrade(&inner), inner.stop.clone()));
         }
         Ok(AffinityClient { inner })
-    }
-}
-
-/// How long the cache remembers a removal: longer than any answer it caches can take
-/// (answers slower than this are returned but not cached).
-fn removal_window_ms(request_timeout: Duration) -> i64 {
-    let window = request_timeout.saturating_mul(2) + Duration::from_secs(1);
-    i64::try_from(window.as_millis()).unwrap_or(i64::MAX)
-}
-
-/// What a store `Resolve` answered, shared by callers of one in-flight request.
-#[derive(Debug, Clone)]
-struct Answer {
-    lease: pb::Lease,
-    created: bool,
-    replaced: bool,
-}
-
-type Flight = Shared<BoxFuture<'static, Result<Answer, ClientError>>>;
-
-pub(crate) struct Inner {
-    pub nodes: Nodes,
-    pub cache: LeaseCache,
-    pub skew_ms: i64,
-    pub request_timeout: Duration,
-    fail_mode: FailMode,
-    inflight: Mutex<HashMap<(String, ClientKey), (u64, Flight)>>,
-    flight_ids: AtomicU64,
-    breaker: Breaker,
-    last_warning_ms: AtomicI64,
-    pub watching: AtomicBool,
-    /// When the watch last had progress from a node in touch with the leader (Unix ms;
-    /// `i64::MIN` before it has).
-    pub fresh_ms: AtomicI64,
-    max_staleness_ms: i64,
-    pub watch_timeout: Duration,
-    stop: CancellationToken,
-}
-
-impl Inner {
-    /// Cache a lease the store answered to a request sent at `sent` in cache epoch
-    /// `epoch`, unless the cache learned of a removal or lost track of changes since, or
-    /// the answer took too long to be sure of either.
-    pub fn cache_answer(&self, sent: Instant, epoch: u64, lease: &pb::Lease) {
-        let in_time = i64::try_from(sent.elapsed().as_millis())
-            .is_ok_and(|took| took < removal_window_ms(self.request_timeout));
-        if in_time
-            && let (Ok(key), Some(entry)) = (
-                lease.prefix.parse::<ClientKey>(),
-                Entry::from_lease(lease, self.skew_ms),
-            )
-        {
-            self.cache
-                .put_answer(epoch, &lease.scope, key, entry, now_ms());
-        }
-    }
-
-    /// Whether the cache may answer at `now_ms`: progress came within `max_staleness`
-    /// (and not from the future: a wall clock stepped back counts as stale). One load and
-    /// a compare.
-    pub fn fresh(&self, now_ms: i64) -> bool {
-        let age = now_ms.saturating_sub(self.fresh_ms.load(Ordering::Relaxed));
-        (0..=self.max_staleness_ms).contains(&age)
-    }
-
-    /// How long since the last progress, in seconds (for the staleness gauge).
-    pub fn staleness_seconds(&self, now_ms: i64) -> f64 {
-        let fresh = self.fresh_ms.load(Ordering::Relaxed);
-        if fresh == i64::MIN {
-            return f64::INFINITY;
-        }
-        #[allow(clippy::cast_precision_loss)]
-        let seconds = now_ms.saturating_sub(fresh) as f64 / 1000.0;
-        seconds
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 

@@ -84,6 +84,8 @@
 //! - `breaker`: when to stop waiting for a failing store;
 //! - `transport`: channels to every node, leader tracking, retries;
 //! - `watch`: the `Watch` stream that keeps the cache current;
+//! - `shared`: the state every clone shares (connections, cache, in-flight requests,
+//!   breaker, watch state), below both `client` and `watch`;
 //! - [`fallback`]: rendezvous hashing;
 //! - [`gateway`]: Gateway API configuration: the `sessionPersistence` block, the route
 //!   file ([`gateway::routes`]) and the client address ([`gateway::client_ip`]) that data
@@ -98,6 +100,7 @@ pub mod endpoint;
 pub mod error;
 pub mod fallback;
 pub mod gateway;
+mod shared;
 pub mod tls;
 mod transport;
 mod watch;

@@ -38,7 +38,7 @@ use affinity_proto::{ClientKey, pb};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::Entry;
-use crate::client::{Inner, now_ms};
+use crate::shared::{Inner, now_ms};
 use crate::transport::REVISION_METADATA;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
