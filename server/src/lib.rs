@@ -26,7 +26,9 @@
 //! - [`clock`]: wall-clock time, read only to stamp proposals and to judge expiry on reads.
 //! - [`stamps`]: the Raft handle's type and the stamps a leader puts on proposals, below
 //!   both [`node`] and [`batch`] (which batches a leader's client writes into entries).
-//! - [`node`]: a running node (Raft plus storage) and the operations the services offer;
+//! - [`node`]: a running node (Raft plus storage) and the operations the services offer:
+//!   its start and admission in `node/mod.rs`, proposals in `node/write.rs`, reads in
+//!   `node/read.rs`, membership in `node/membership.rs`, status in `node/status.rs`;
 //!   [`join`], above it: how a node becomes a member (static peers, or joining by
 //!   ordinal);
 //!   [`network`]: Raft traffic between nodes; [`grpc`]: the services; [`server`]: the
