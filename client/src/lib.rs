@@ -78,7 +78,9 @@
 //!
 //! ## Layout
 //!
-//! - [`client`]: [`AffinityClient`], its [`Builder`], [`Decision`] and the cold path;
+//! - [`client`]: [`AffinityClient`] and its hot path (`cached`), [`Builder`] and the
+//!   connections (`client/builder.rs`), the resolve path with singleflight and fallback
+//!   (`client/resolve.rs`), the other store calls (`client/calls.rs`), [`Decision`];
 //! - [`call`]: [`Resolve`], one call's arguments, and the endpoint it proposes;
 //! - `cache`: the lock-free lease cache;
 //! - `breaker`: when to stop waiting for a failing store;
