@@ -24,6 +24,8 @@
 //!   frames, group commit, purge by whole segments, torn tails cut, damage refused),
 //!   behind a file-layer trait that crash tests replace with a simulated disk.
 //! - [`clock`]: wall-clock time, read only to stamp proposals and to judge expiry on reads.
+//! - [`config`]: the node's settings with their defaults, and their checks (addresses:
+//!   peers, join targets and what a node advertises, in `config/addresses.rs`).
 //! - [`stamps`]: the Raft handle's type and the stamps a leader puts on proposals, below
 //!   both [`node`] and [`batch`] (which batches a leader's client writes into entries).
 //! - [`node`]: a running node (Raft plus storage) and the operations the services offer:
