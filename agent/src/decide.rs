@@ -146,9 +146,9 @@ impl Decider {
         let rule = &state.rule;
         let scope = Some(rule.scope.clone());
         let eligible = self.health.eligible(&rule.endpoints);
-        let weights = rule.weights_of(&eligible);
         let Some(policy) = &rule.persistence else {
             // Round robin by weight (equally, if no eligible endpoint takes new requests).
+            let weights = rule.weights_of(&eligible);
             return Verdict {
                 endpoint: state.round_robin(&eligible, &weights).map(str::to_string),
                 how: Ok(Decided::RoundRobin),
@@ -173,6 +173,8 @@ impl Decider {
         {
             return sticky(&hit, Ok(Decided::Cache));
         }
+        // Weights matter only to a new lease: not worked out on a cache hit.
+        let weights = rule.weights_of(&eligible);
         let decision = match self
             .client
             .resolve(

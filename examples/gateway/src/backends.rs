@@ -52,6 +52,12 @@ impl RuleState {
     /// [`RuleState::upstreams`]), each as often as the rule's weight for it (equally when
     /// none of them has a weight above 0); `None` when there are none.
     pub fn round_robin(&self, candidates: &[usize]) -> Option<usize> {
+        // Equal weights (the common case) need no weight list per request.
+        if self.rule.weights.windows(2).all(|w| w[0] == w[1]) {
+            let turn = self.next.fetch_add(1, Ordering::Relaxed);
+            return weighted_turn(turn, candidates.len(), &[])
+                .and_then(|i| candidates.get(i).copied());
+        }
         let weights: Vec<u32> = candidates
             .iter()
             .map(|&i| self.rule.weights.get(i).copied().unwrap_or(0))
